@@ -1,0 +1,1 @@
+"""fedrisk: privacy-preserving federated credit-risk modeling."""

@@ -1,0 +1,203 @@
+"""The ``fedrisk`` command: parses, delegates, prints. No logic lives here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedrisk.config import ConfigError
+from fedrisk.data import DataError
+
+app = typer.Typer(help="Privacy-preserving federated credit-risk modeling.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="Data contracts: draft, check and split bank tables.",
+                       no_args_is_help=True)
+audit_app = typer.Typer(help="Verify ledgers of what left each bank.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(audit_app, name="audit")
+console = Console()
+errors = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def simulate(
+    dataset: Annotated[str, typer.Option(help="Embedded dataset: lending_club or credit_data.")]
+    = "lending_club",
+    data: Annotated[Path | None, typer.Option(help="Your pooled table (CSV/Parquet).")] = None,
+    contract: Annotated[Path | None, typer.Option(help="Contract of --data.")] = None,
+    split_by: Annotated[str | None, typer.Option(help="Split --data into banks by column.")]
+    = None,
+    banks: Annotated[int | None, typer.Option(help="Split --data into N banks (Dirichlet).")]
+    = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
+    target_epsilon: Annotated[float | None, typer.Option(help="Per-bank ε budget.")] = None,
+    target_delta: Annotated[float | None, typer.Option(help="Per-bank δ.")] = None,
+    dp: Annotated[bool, typer.Option("--dp/--no-dp",
+                                     help="DP-SGD; --no-dp is a labelled non-private baseline.")]
+    = True,
+    secure_aggregation: Annotated[bool | None, typer.Option(
+        "--secure-aggregation/--no-secure-aggregation", help="Flower SecAgg+.")] = None,
+    model: Annotated[str | None, typer.Option(help="mlp or logistic.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="fedavg, fedprox or fedadam.")] = None,
+    privacy_budget_scope: Annotated[str | None, typer.Option(
+        help="run: budget per run; dataset: lifetime budget on this data.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of splits, init and sampling.")] = None,
+    output_dir: Annotated[Path, typer.Option(help="Where metrics.json and the model go.")]
+    = Path("runs/latest"),
+    run_config: Annotated[str | None, typer.Option(
+        help='Other run-config keys, e.g. "batch-size=128 learning-rate=0.05".')] = None,
+    baselines: Annotated[bool, typer.Option(
+        help="Also train centralized and local-only baselines on the same splits.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show Flower and Ray logs.")] = False,
+) -> None:
+    """Simulate a consortium of banks training a default model with DP on one machine."""
+    from fedrisk.simulations import SimulationRequest, simulate as run_simulation
+
+    overrides = _parse_run_config(run_config)
+    flags = {"num-server-rounds": rounds, "local-epochs": local_epochs,
+             "target-epsilon": target_epsilon, "target-delta": target_delta, "dp": dp,
+             "secure-aggregation": secure_aggregation, "model": model, "strategy": strategy,
+             "privacy-budget-scope": privacy_budget_scope, "seed": seed,
+             "output-dir": str(output_dir)}
+    overrides |= {k: v for k, v in flags.items() if v is not None}
+    _show_progress(verbose)
+    metrics = run_simulation(SimulationRequest(dataset, data, contract, split_by, banks,
+                                               overrides, baselines, verbose))
+    _print_summary(metrics, output_dir)
+
+
+@data_app.command("contract")
+def data_contract(
+    table: Path,
+    target: Annotated[str, typer.Option(help="Target column.")],
+    positive: Annotated[str, typer.Option(help="Label of default in the target column.")],
+    protected: Annotated[str, typer.Option(help="Comma-separated protected columns.")] = "",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Contract TOML to write.")]
+    = Path("contract.toml"),
+) -> None:
+    """Draft a contract from one bank's table (review it before sharing it)."""
+    from fedrisk.data import draft_contract, read_table
+
+    protected_columns = tuple(c.strip() for c in protected.split(",") if c.strip())
+    drafted = draft_contract(read_table(table), target, positive, protected=protected_columns,
+                             name=table.stem)
+    drafted.save(output)
+    console.print(f"wrote {output}: {len(drafted.numeric)} numeric, "
+                  f"{len(drafted.categorical)} categorical features. It was drafted from one "
+                  "bank's table: review bounds and vocabularies before sharing it.")
+
+
+@data_app.command("check")
+def data_check(
+    table: Path,
+    contract: Annotated[Path, typer.Option(help="Contract TOML.")],
+) -> None:
+    """Validate a table against a contract: errors exit 2, warnings exit 0."""
+    from fedrisk.data import check_table_file
+
+    report = check_table_file(table, contract)
+    for line in report.errors:
+        errors.print(f"[red]error:[/red] {line}", highlight=False)
+    for line in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(2)
+    console.print(f"{table}: OK ({report.n_rows} rows, {len(report.warnings)} warnings)")
+
+
+@data_app.command("split")
+def data_split(
+    table: Path,
+    out: Annotated[Path, typer.Option(help="Directory for one file per bank.")],
+    by: Annotated[str | None, typer.Option(help="Column whose values name the banks.")] = None,
+    banks: Annotated[int | None, typer.Option(help="Number of banks (Dirichlet skew).")] = None,
+    contract: Annotated[Path | None, typer.Option(help="Contract (needed with --banks).")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+) -> None:
+    """Split a pooled table into one file per bank."""
+    from fedrisk.data import split_table_file
+
+    if (by is None) == (banks is None):
+        _fail("give exactly one of --by COLUMN or --banks N")
+    paths = split_table_file(table, by=by, n_banks=banks, contract_path=contract, out_dir=out,
+                             seed=seed)
+    for bank_id, path in paths.items():
+        console.print(f"{bank_id}: {path}")
+
+
+def _parse_run_config(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    pairs = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--run-config item '{item}' is not key=value")
+        pairs[key] = value.strip('"')
+    return pairs
+
+
+def _show_progress(verbose: bool) -> None:
+    """Show fedrisk's progress lines; Flower's own INFO chatter only with --verbose."""
+    if verbose:
+        return
+    flwr_logger = logging.getLogger("flwr")
+    for handler in flwr_logger.handlers:
+        handler.addFilter(lambda r: r.levelno >= logging.WARNING or "fedrisk" in r.pathname)
+
+
+def _print_summary(metrics: dict, output_dir: Path) -> None:
+    dp = metrics["privacy"] != "NON-PRIVATE baseline"
+    table = Table(title=f"fedrisk simulation: {metrics['privacy']}")
+    for column in ("bank", "train", "test", "AUC", "local-only AUC", "ε (run)", "ε lifetime",
+                   "σ", "δ<1/n"):
+        table.add_column(column, justify="right")
+    for bank in metrics["banks"]:
+        table.add_row(
+            bank["id"], str(bank.get("n_train", "")), str(bank.get("n_test", "")),
+            _fmt(bank.get("auc")), _fmt(bank.get("local_only_auc")),
+            _fmt(bank.get("epsilon")) if dp else "non-private",
+            _fmt(bank.get("epsilon_lifetime")) if dp else "-",
+            _fmt(bank.get("noise_multiplier")) if dp else "-",
+            str(bank.get("delta_below_1_over_n", "-")),
+        )
+    console.print(table)
+    final = metrics["final"]
+    line = f"consortium AUC {_fmt(final['auc'])}, Brier {_fmt(final['brier'])}"
+    if metrics["baselines"].get("centralized_auc") is not None:
+        line += f"; centralized non-private AUC {_fmt(metrics['baselines']['centralized_auc'])}"
+    console.print(line)
+    console.print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'model.safetensors'}, "
+                  f"{output_dir / 'training.png'}")
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr with exit code 2, never a traceback."""
+    from fedrisk.privacy.accounting import PrivacyBudgetExceeded
+
+    try:
+        app()
+    except (ConfigError, DataError, PrivacyBudgetExceeded) as error:
+        errors.print(f"[red]error:[/red] {error}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""A bank's view of itself: its own rows, its contract, its state directory and ledger.
+
+Where a bank's data comes from:
+- deployment: the SuperNode's ``--node-config`` names ``bank-id``, ``data-path`` and
+  ``contract-path`` (and optionally ``state-dir`` and ``signing-key``);
+- simulation: ``fedrisk simulate`` writes one file per bank plus ``banks.json`` into the
+  run config's ``data-dir``, and node ``partition-id`` picks the bank's entry.
+Either way a bank reads only its own file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedrisk.config import RunConfig
+from fedrisk.data import Contract, DataError, check_table, read_table, stratified_split
+from fedrisk.privacy.ledger import EgressLedger
+
+MANIFEST = "banks.json"
+
+
+@dataclass
+class Bank:
+    """One bank's private training context; nothing here ever leaves the bank.
+
+    Attributes:
+        bank_id: public identifier of the bank in the consortium.
+        contract: the agreed data contract (public).
+        train_features / train_labels: encoded train split (private).
+        test_features / test_labels: encoded held-out split, never trained on (private).
+        fingerprint: SHA-256 of the bank's table; keys its lifetime privacy budget.
+        state_dir: the bank's own directory for its ledger and keys.
+        ledger: the bank's signed egress and privacy ledger for this data.
+    """
+
+    bank_id: str
+    contract: Contract
+    train_features: np.ndarray
+    train_labels: np.ndarray
+    test_features: np.ndarray
+    test_labels: np.ndarray
+    fingerprint: str
+    state_dir: Path
+    ledger: EgressLedger
+
+    @property
+    def n_train(self) -> int:
+        """Number of training records (the DP sampling population)."""
+        return len(self.train_labels)
+
+
+@dataclass(frozen=True)
+class BankSource:
+    """Where one bank's data, contract and state live."""
+
+    bank_id: str
+    data_path: Path
+    contract_path: Path
+    state_dir: Path
+    signing_key: Path | None = None
+
+
+def resolve_source(node_config: dict, config: RunConfig) -> BankSource:
+    """Find this node's bank from its node config (deployment) or partition (simulation)."""
+    if "data-path" in node_config:
+        bank_id = str(node_config.get("bank-id", Path(str(node_config["data-path"])).stem))
+        state = node_config.get("state-dir") or config.state_root / bank_id
+        key = node_config.get("signing-key")
+        return BankSource(bank_id, Path(str(node_config["data-path"])),
+                          Path(str(node_config["contract-path"])), Path(str(state)),
+                          Path(str(key)) if key else None)
+    manifest_path = Path(config.data_dir) / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["banks"][int(node_config["partition-id"])]
+    return BankSource(entry["id"], manifest_path.parent / entry["file"],
+                      manifest_path.parent / manifest["contract"],
+                      config.state_root / entry["id"])
+
+
+def load_bank(source: BankSource, config: RunConfig) -> Bank:
+    """Read, check, split and encode the bank's own table; open its ledger.
+
+    Raises :class:`DataError` (one line) when the table fails the contract, so a bank
+    with bad data refuses to join before anything is sent.
+    """
+    contract = Contract.load(source.contract_path)
+    table = read_table(source.data_path)
+    report = check_table(table, contract, source=str(source.data_path))
+    if not report.ok:
+        raise DataError(f"bank '{source.bank_id}' refuses to join: {report.errors[0]}")
+    train, test = stratified_split(table, contract, config.test_fraction, config.seed)
+    fingerprint = contract.fingerprint(table)
+    ledger = EgressLedger.for_bank(source.state_dir, source.bank_id, fingerprint,
+                                   source.signing_key)
+    return Bank(
+        bank_id=source.bank_id, contract=contract,
+        train_features=contract.encode(train), train_labels=contract.labels(train),
+        test_features=contract.encode(test), test_labels=contract.labels(test),
+        fingerprint=fingerprint, state_dir=source.state_dir, ledger=ledger,
+    )

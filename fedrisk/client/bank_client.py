@@ -1,0 +1,146 @@
+"""The bank as a Flower client: DP-SGD rounds, write-ahead privacy spend, local evaluation."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from flwr.client import NumPyClient
+from flwr.common import NDArrays, Scalar
+
+from fedrisk.client.bank import Bank
+from fedrisk.client.training import TrainingSettings, predict_logits, train_locally
+from fedrisk.config import RunConfig
+from fedrisk.models import ModelSpec, build_model, model_arrays, set_model_arrays
+from fedrisk.models.metrics import discrimination_metrics, score_histograms
+from fedrisk.privacy.accounting import (
+    DPSchedule,
+    PrivacyBudgetExceeded,
+    check_budget,
+    compose_epsilon,
+    plan_schedule,
+)
+
+log = logging.getLogger("fedrisk.bank")
+
+
+def model_spec_for(bank: Bank, config: RunConfig) -> ModelSpec:
+    """The agreed model architecture over this contract's encoding."""
+    return ModelSpec(config.model, bank.contract.n_features, config.hidden_layers)
+
+
+class BankClient(NumPyClient):
+    """One bank: trains on its own rows and returns only a model update and scalars."""
+
+    def __init__(self, bank: Bank, config: RunConfig, run_id: int) -> None:
+        """Bind the bank's private context to this run's configuration."""
+        self.bank = bank
+        self.config = config
+        self.run_id = str(run_id)
+        self.spec = model_spec_for(bank, config)
+
+    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
+        """Initial weights, seeded from the run config only (no data involved)."""
+        return list(model_arrays(build_model(self.spec, self.config.seed)).values())
+
+    def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[
+            NDArrays, int, dict[str, Scalar]]:
+        """Train one round locally and return the update (local − global weights).
+
+        Under DP the round's spend is appended to the bank's signed ledger *before*
+        training starts (write-ahead): a bank that crashes or times out after
+        training is still charged. A bank whose budget cannot cover the round raises
+        :class:`PrivacyBudgetExceeded`, which Flower turns into an error reply.
+        """
+        server_round = int(config["server-round"])
+        model = build_model(self.spec, self.config.seed)
+        set_model_arrays(model, parameters)
+        schedule = self._charge_round(server_round) if self.config.dp else None
+        result = train_locally(model, self.bank.train_features, self.bank.train_labels,
+                               self._settings(), schedule,
+                               seed=self.config.seed * 10_007 + server_round)
+        if schedule is not None and result.history[-1][2] != schedule.steps_per_round:
+            raise RuntimeError("DP-SGD took a different number of steps than it was charged")
+        update = [local - np.asarray(glob, dtype=np.float32) for local, glob in zip(
+            model_arrays(model).values(), parameters, strict=True)]
+        return update, self.bank.n_train, self._fit_metrics(result.mean_loss, schedule)
+
+    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[
+            float, int, dict[str, Scalar]]:
+        """Score the held-out split; return loss, counts, metrics and score histograms."""
+        model = build_model(self.spec, self.config.seed)
+        set_model_arrays(model, parameters)
+        logits = predict_logits(model, self.bank.test_features)
+        labels = self.bank.test_labels
+        probabilities = 1 / (1 + np.exp(-logits))
+        eps = 1e-7
+        loss = float(-np.mean(labels * np.log(probabilities + eps)
+                              + (1 - labels) * np.log(1 - probabilities + eps)))
+        metrics: dict[str, Scalar] = {"bank_id": self.bank.bank_id, "n_test": len(labels)}
+        metrics |= discrimination_metrics(probabilities, labels)
+        positive, negative = score_histograms(logits, labels)
+        metrics |= {f"hist_pos_{i:03d}": int(c) for i, c in enumerate(positive)}
+        metrics |= {f"hist_neg_{i:03d}": int(c) for i, c in enumerate(negative)}
+        return loss, len(labels), metrics
+
+    def _settings(self) -> TrainingSettings:
+        mu = self.config.fedprox_mu if self.config.strategy == "fedprox" else 0.0
+        return TrainingSettings(self.config.local_epochs, self.config.batch_size,
+                                self.config.learning_rate, self.config.momentum,
+                                self.config.max_grad_norm, mu)
+
+    def _charge_round(self, server_round: int) -> DPSchedule:
+        """Plan this round's DP-SGD, refuse if over budget, and record the spend first."""
+        cfg, ledger = self.config, self.bank.ledger
+        other_runs = [h for h in _history_by_run(ledger, exclude=self.run_id)]
+        prior = other_runs if cfg.privacy_budget_scope == "dataset" else []
+        try:
+            schedule = plan_schedule(self.bank.n_train, cfg.batch_size, cfg.local_epochs,
+                                     cfg.num_server_rounds, cfg.target_epsilon,
+                                     cfg.target_delta, prior, cfg.accountant)
+            this_run = ledger.privacy_history(self.run_id)
+            check_budget([*prior, *this_run], schedule, cfg.target_epsilon, cfg.target_delta,
+                         cfg.accountant)
+        except PrivacyBudgetExceeded as refusal:
+            ledger.append("refusal", {"run_id": self.run_id, "round": server_round,
+                                      "reason": str(refusal)})
+            log.warning("bank %s refuses round %s: %s", self.bank.bank_id, server_round, refusal)
+            raise
+        step = (schedule.noise_multiplier, schedule.sample_rate, schedule.steps_per_round)
+        run_history = [*ledger.privacy_history(self.run_id), step]
+        lifetime = [*ledger.privacy_history(None), step]
+        ledger.append("privacy_spend", {
+            "run_id": self.run_id, "round": server_round,
+            "noise_multiplier": schedule.noise_multiplier, "sample_rate": schedule.sample_rate,
+            "steps": schedule.steps_per_round, "max_grad_norm": cfg.max_grad_norm,
+            "delta": cfg.target_delta, "accountant": cfg.accountant,
+            "epsilon": compose_epsilon(run_history, cfg.target_delta, cfg.accountant),
+            "epsilon_lifetime": compose_epsilon(lifetime, cfg.target_delta, cfg.accountant),
+        })
+        return schedule
+
+    def _fit_metrics(self, mean_loss: float, schedule: DPSchedule | None) -> dict[str, Scalar]:
+        metrics: dict[str, Scalar] = {"bank_id": self.bank.bank_id, "n_train": self.bank.n_train,
+                                      "train_loss": mean_loss, "dp": schedule is not None}
+        if schedule is None:
+            return metrics
+        cfg, ledger = self.config, self.bank.ledger
+        return metrics | {
+            "epsilon": compose_epsilon(ledger.privacy_history(self.run_id), cfg.target_delta,
+                                       cfg.accountant),
+            "epsilon_lifetime": compose_epsilon(ledger.privacy_history(None), cfg.target_delta,
+                                                cfg.accountant),
+            "delta": cfg.target_delta,
+            "noise_multiplier": schedule.noise_multiplier,
+            "sample_rate": schedule.sample_rate,
+            "steps": schedule.steps_per_round,
+        }
+
+
+def _history_by_run(ledger, exclude: str) -> list[tuple[float, float, int]]:
+    """Accountant history of every run on this data except ``exclude``."""
+    return [
+        (e.body["noise_multiplier"], e.body["sample_rate"], e.body["steps"])
+        for e in ledger.entries()
+        if e.kind == "privacy_spend" and e.body["run_id"] != exclude
+    ]

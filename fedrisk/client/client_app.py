@@ -1,0 +1,44 @@
+"""fedrisk ClientApp: one bank per SuperNode (deployment) or per partition (simulation)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from flwr.app import Context, Message
+from flwr.client import Client
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+from fedrisk.client.bank import Bank, BankSource, load_bank, resolve_source
+from fedrisk.client.bank_client import BankClient
+from fedrisk.config import RunConfig
+
+
+@lru_cache(maxsize=8)
+def _cached_bank(source: BankSource, config: RunConfig) -> Bank:
+    # Simulation reuses client processes across rounds: read and encode the table once.
+    return load_bank(source, config)
+
+
+def client_fn(context: Context) -> Client:
+    """Build this node's bank client from its node config and the run config."""
+    config = RunConfig.from_run_config(dict(context.run_config))
+    bank = _cached_bank(resolve_source(dict(context.node_config), config), config)
+    return BankClient(bank, config, context.run_id).to_client()
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Run Flower's SecAgg+ client protocol when the server drives it, else pass through.
+
+    ``secaggplus_mod`` fails on plain fit messages, so it is engaged only for
+    messages that carry SecAgg+ stage configs; with secure aggregation off the bank
+    behaves exactly as without the mod.
+    """
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(client_fn=client_fn, mods=[secure_aggregation_mod])

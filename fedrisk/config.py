@@ -1,0 +1,151 @@
+"""The run configuration: one typed view of pyproject ``[tool.flwr.app.config]`` + overrides.
+
+Every setting a user may change lives in the Flower run config (pyproject defaults,
+CLI flags mapped onto it). This module only parses and validates it, so a bad value
+is a one-line error naming the key instead of a failure deep in a round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from fedrisk.models.networks import MODEL_KINDS
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+BUDGET_SCOPES = ("run", "dataset")
+
+
+class ConfigError(ValueError):
+    """A run configuration value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Validated run configuration; field names are the run-config keys with ``-`` → ``_``.
+
+    Privacy-relevant fields:
+        dp: record-level DP-SGD on (``False`` is a labelled non-private baseline).
+        target_epsilon / target_delta: each bank's (ε, δ) budget for this run
+            (``privacy_budget_scope="run"``) or for its lifetime on this data
+            (``"dataset"``). Noise is calibrated up front to meet it.
+        max_grad_norm: per-record gradient clipping bound (L2), the DP sensitivity.
+        accountant: Opacus accountant used for calibration and reporting.
+        secure_aggregation: Flower SecAgg+; the coordinator sees only the sum of updates.
+        secagg_num_shares / secagg_reconstruction_threshold: SecAgg+ secret sharing; a
+            value ≤ 1 is a fraction of the sampled banks (1.0 = every bank holds a share),
+            an integer > 2 an absolute count. The threshold is how many shares rebuild a
+            dropped bank's mask: higher is safer against collusion, lower tolerates
+            more dropouts.
+        secagg_max_weight: must be ≥ the largest bank's train size; updates are scaled by
+            n/max_weight before quantization, so a much larger value loses precision.
+    """
+
+    dataset: str = "lending_club"
+    data_dir: str = ""
+    test_fraction: float = 0.2
+    seed: int = 0
+    model: str = "mlp"
+    hidden_units: str = "64"
+    num_server_rounds: int = 5
+    strategy: str = "fedavg"
+    fedprox_mu: float = 0.01
+    server_learning_rate: float = 0.1
+    fraction_train: float = 1.0
+    min_banks: int = 2
+    local_epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    dp: bool = True
+    target_epsilon: float = 3.0
+    target_delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    privacy_budget_scope: str = "run"
+    bank_state_dir: str = ""
+    secure_aggregation: bool = True
+    secagg_num_shares: float = 1.0
+    secagg_reconstruction_threshold: float = 0.6
+    secagg_max_weight: float = 10000.0
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 4194304
+    secagg_timeout: float = 0.0
+    output_dir: str = "runs/latest"
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        """Hidden layer widths parsed from ``hidden-units`` (e.g. ``"64,32"``)."""
+        return tuple(int(part) for part in self.hidden_units.split(",") if part.strip())
+
+    @property
+    def state_root(self) -> Path:
+        """Where simulated banks keep their own state (ledgers, keys) unless a node says."""
+        return Path(self.bank_state_dir) if self.bank_state_dir else Path(self.output_dir) / "banks"
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """Back to Flower run-config keys (``-`` separated)."""
+        return {key.replace("_", "-"): value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_run_config(cls, run_config: dict) -> RunConfig:
+        """Parse and validate a Flower run config; unknown keys are an error."""
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown run-config key '{key}'")
+            values[name] = _coerce(key, value, type(getattr(cls, name)))
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid key."""
+        _require(self.num_server_rounds >= 1, "num-server-rounds", "must be at least 1")
+        _require(self.local_epochs >= 1, "local-epochs", "must be at least 1")
+        _require(self.batch_size >= 1, "batch-size", "must be at least 1")
+        _require(self.learning_rate > 0, "learning-rate", "must be positive")
+        _require(0 < self.test_fraction < 1, "test-fraction", "must be between 0 and 1")
+        _require(0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]")
+        _require(self.min_banks >= 1, "min-banks", "must be at least 1")
+        _require(self.model in MODEL_KINDS, "model", f"must be one of {', '.join(MODEL_KINDS)}")
+        _require(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        _require(self.accountant in ("rdp", "prv", "gdp"), "accountant", "must be rdp, prv or gdp")
+        _require(self.privacy_budget_scope in BUDGET_SCOPES, "privacy-budget-scope",
+                 "must be run or dataset")
+        _require(self.secagg_num_shares > 0, "secagg-num-shares", "must be positive")
+        _require(0 < self.secagg_reconstruction_threshold, "secagg-reconstruction-threshold",
+                 "must be positive")
+        _require(self.secagg_max_weight > 0, "secagg-max-weight", "must be positive")
+        try:
+            layers = self.hidden_layers
+        except ValueError:
+            layers = ()
+        _require(self.model == "logistic" or (layers and min(layers) > 0), "hidden-units",
+                 "must be comma-separated positive integers, e.g. 64,32")
+        if self.dp:
+            _require(self.target_epsilon > 0, "target-epsilon", "must be positive")
+            _require(0 < self.target_delta < 1, "target-delta", "must be in (0, 1)")
+            _require(self.max_grad_norm > 0, "max-grad-norm", "must be positive")
+
+
+def _require(condition: bool, key: str, problem: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid run config: '{key}' {problem}")
+
+
+def _coerce(key: str, value: object, kind: type) -> object:
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                return value.lower() == "true"
+            return bool(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"invalid run config: '{key}' must be {kind.__name__}, got {value!r}"
+        ) from None

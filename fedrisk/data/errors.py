@@ -1,0 +1,16 @@
+"""The one exception the data layer raises for user mistakes."""
+
+
+class DataError(Exception):
+    """A problem with a user's table, contract or arguments.
+
+    ``str(error)`` is a single actionable line that names the file and column
+    where there is one, e.g. ``"bank.csv: column 'annual_inc' is missing
+    (required by contract)"``. Callers print it as is; no traceback needed.
+    """
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name if empty)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(error).__name__

@@ -1,0 +1,67 @@
+"""Read and write bank tables (CSV and Parquet) with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fedrisk.data.errors import DataError, first_line
+
+CSV_SUFFIXES = (".csv",)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+TABLE_FORMATS = ("csv", "parquet")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a bank table from ``.csv``, ``.parquet`` or ``.pq``.
+
+    Raises:
+        DataError: One line naming the file: missing, a directory, unknown
+            extension, empty, or unreadable.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in CSV_SUFFIXES + PARQUET_SUFFIXES:
+        known = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
+        raise DataError(f"{path}: unknown file extension '{path.suffix}' (expected {known})")
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a table file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    try:
+        if suffix in CSV_SUFFIXES:
+            return pd.read_csv(path, float_precision="round_trip")
+        return pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file has no columns") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    except Exception as error:  # parsers raise many types; the user needs one line
+        raise DataError(f"{path}: cannot read as {_kind(suffix)}: {first_line(error)}") from None
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table to CSV or Parquet, chosen by the file extension.
+
+    Raises:
+        DataError: Unknown extension.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        df.to_csv(path, index=False)
+    elif suffix in PARQUET_SUFFIXES:
+        df.to_parquet(path, index=False)
+    else:
+        raise DataError(f"{path}: unknown file extension '{path.suffix}' (expected .csv or .parquet)")
+    return path
+
+
+def _kind(suffix: str) -> str:
+    return "CSV" if suffix in CSV_SUFFIXES else "Parquet"
+

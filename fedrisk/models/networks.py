@@ -1,0 +1,106 @@
+"""Probability-of-default networks for tabular credit data.
+
+Every model maps a contract-encoded row (a float vector) to one logit of default.
+No BatchNorm anywhere: batch statistics mix records across a batch, which breaks
+per-sample gradient clipping and so DP-SGD.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+MODEL_KINDS = ("mlp", "logistic")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model: architecture, not weights.
+
+    Attributes:
+        kind: ``"mlp"`` (hidden layers with ReLU) or ``"logistic"`` (one linear
+            layer: the regulator-friendly scorecard baseline).
+        n_features: width of the contract encoding.
+        hidden_units: sizes of the hidden layers (ignored for ``"logistic"``).
+    """
+
+    kind: str
+    n_features: int
+    hidden_units: tuple[int, ...] = (64,)
+
+    def __post_init__(self) -> None:
+        """Reject unknown model kinds and non-positive sizes early."""
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model '{self.kind}'; choose one of {', '.join(MODEL_KINDS)}")
+        if self.n_features < 1 or any(h < 1 for h in self.hidden_units):
+            raise ValueError("model sizes must be positive")
+
+    def to_dict(self) -> dict:
+        """Serialize to plain JSON types."""
+        return {**asdict(self), "hidden_units": list(self.hidden_units)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSpec:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(data["kind"], int(data["n_features"]), tuple(data.get("hidden_units", ())))
+
+
+class PDNetwork(nn.Module):
+    """A feed-forward network returning the logit of default for each row."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        """Build layers from ``spec``."""
+        super().__init__()
+        widths = [spec.n_features] if spec.kind == "logistic" else [
+            spec.n_features, *spec.hidden_units
+        ]
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(widths[-1], 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Return logits of shape ``(batch,)``."""
+        return self.head(self.body(features)).squeeze(-1)
+
+
+def build_model(spec: ModelSpec, seed: int = 0) -> PDNetwork:
+    """Build a freshly initialized model; the same seed gives the same weights everywhere."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = PDNetwork(spec)
+    torch.random.set_rng_state(generator_state)
+    return model
+
+
+def model_arrays(model: nn.Module) -> OrderedDict[str, np.ndarray]:
+    """Return the model's parameters as named float32 numpy arrays, in a stable order."""
+    return OrderedDict(
+        (name, tensor.detach().cpu().numpy().astype(np.float32, copy=True))
+        for name, tensor in _plain_state_dict(model).items()
+    )
+
+
+def set_model_arrays(model: nn.Module, arrays: list[np.ndarray]) -> None:
+    """Load parameters given in the order of :func:`model_arrays`."""
+    names = list(_plain_state_dict(model))
+    if len(names) != len(arrays):
+        raise ValueError(f"expected {len(names)} arrays, got {len(arrays)}")
+    state = OrderedDict((n, torch.from_numpy(np.asarray(a, dtype=np.float32))) for n, a in zip(
+        names, arrays, strict=True
+    ))
+    _unwrap(model).load_state_dict(state, strict=True)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """Return the plain module inside an Opacus ``GradSampleModule`` wrapper, if any."""
+    return getattr(model, "_module", model)
+
+
+def _plain_state_dict(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    return _unwrap(model).state_dict()

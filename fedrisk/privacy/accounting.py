@@ -1,0 +1,142 @@
+"""Record-level DP accounting for a bank, composed over every step it ever took.
+
+The unit of privacy is one customer record of one bank. Two datasets are
+neighbours when they differ by adding or removing one record (Poisson sampling,
+which is what Opacus' accountants assume). A bank's history is the list of
+``(noise_multiplier, sample_rate, steps)`` triples of every DP-SGD phase it ran
+on the same data; ε is always computed over the whole history, never per round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opacus.accountants import create_accountant
+
+History = list[tuple[float, float, int]]
+ACCOUNTANTS = ("rdp", "prv", "gdp")
+
+
+class PrivacyBudgetExceeded(RuntimeError):
+    """A bank refused to train because the next round would exceed its ε budget."""
+
+
+@dataclass(frozen=True)
+class DPSchedule:
+    """The DP-SGD plan of one bank for one run.
+
+    Attributes:
+        sample_rate: Poisson sampling probability of each record per step
+            (expected batch size / number of training records).
+        steps_per_round: optimizer steps per round (local epochs × 1/sample_rate).
+        noise_multiplier: std of the Gaussian noise divided by ``max_grad_norm``;
+            chosen so the planned rounds meet the target ε at the target δ.
+    """
+
+    sample_rate: float
+    steps_per_round: int
+    noise_multiplier: float
+
+
+def steps_per_epoch(n_records: int, batch_size: int) -> int:
+    """Steps of one Poisson-sampled epoch, as Opacus' ``DPDataLoader`` runs them."""
+    return max(1, math.ceil(n_records / batch_size))
+
+
+def compose_epsilon(history: Sequence[tuple[float, float, int]], delta: float,
+                    accountant: str = "rdp") -> float:
+    """Return ε at ``delta`` of the composition of every step in ``history``.
+
+    Args:
+        history: ``(noise_multiplier, sample_rate, steps)`` triples, in any order.
+        delta: the δ at which ε is reported; must be below 1/n of the bank to be meaningful.
+        accountant: Opacus accountant: ``"rdp"`` (an upper bound, the default),
+            ``"prv"`` (tighter numerically) or ``"gdp"`` (asymptotic, can underestimate).
+    """
+    if not history:
+        return 0.0
+    if any(sigma <= 0 for sigma, _, _ in history):
+        return math.inf
+    tracker = create_accountant(accountant)
+    tracker.history = [(float(s), float(q), int(k)) for s, q, k in history]
+    return float(tracker.get_epsilon(delta))
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    target_delta: float,
+    sample_rate: float,
+    steps: int,
+    prior_history: Sequence[tuple[float, float, int]] = (),
+    accountant: str = "rdp",
+    tolerance: float = 0.01,
+) -> float:
+    """Smallest noise multiplier whose planned steps, after ``prior_history``, meet the target.
+
+    Returns σ such that ε(prior + ``steps`` steps at σ and ``sample_rate``) ≤ ``target_epsilon``
+    and is within ``tolerance`` of it. Raises :class:`PrivacyBudgetExceeded` when the
+    prior history alone already spends the budget.
+    """
+    spent = compose_epsilon(prior_history, target_delta, accountant)
+    if spent >= target_epsilon:
+        raise PrivacyBudgetExceeded(
+            f"ε already spent on this data is {spent:.3f} ≥ target ε {target_epsilon:g}"
+        )
+
+    def epsilon_at(sigma: float) -> float:
+        return compose_epsilon([*prior_history, (sigma, sample_rate, steps)], target_delta,
+                               accountant)
+
+    low, high = 0.0, 1.0
+    while epsilon_at(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e4:
+            raise PrivacyBudgetExceeded("no noise multiplier below 1e4 meets the target ε")
+    while epsilon_at(high) < target_epsilon - tolerance and high - low > 1e-4:
+        middle = (low + high) / 2
+        if epsilon_at(middle) > target_epsilon:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def plan_schedule(
+    n_records: int,
+    batch_size: int,
+    local_epochs: int,
+    rounds: int,
+    target_epsilon: float,
+    target_delta: float,
+    prior_history: Sequence[tuple[float, float, int]] = (),
+    accountant: str = "rdp",
+) -> DPSchedule:
+    """Plan a bank's DP-SGD for a run so that all ``rounds`` together meet the target ε."""
+    per_epoch = steps_per_epoch(n_records, batch_size)
+    sample_rate = 1.0 / per_epoch
+    steps_per_round = local_epochs * per_epoch
+    sigma = calibrate_noise_multiplier(
+        target_epsilon, target_delta, sample_rate, rounds * steps_per_round, prior_history,
+        accountant,
+    )
+    return DPSchedule(sample_rate, steps_per_round, sigma)
+
+
+def check_budget(history: History, schedule: DPSchedule, target_epsilon: float,
+                 target_delta: float, accountant: str = "rdp") -> float:
+    """Return ε after one more round of ``schedule``; raise if that exceeds ``target_epsilon``.
+
+    Called before every round, so a bank refuses to train instead of overspending.
+    """
+    planned = [*history, (schedule.noise_multiplier, schedule.sample_rate,
+                          schedule.steps_per_round)]
+    epsilon_after = compose_epsilon(planned, target_delta, accountant)
+    if epsilon_after > target_epsilon * (1 + 1e-9):
+        spent = compose_epsilon(history, target_delta, accountant)
+        raise PrivacyBudgetExceeded(
+            f"privacy budget exhausted: ε spent {spent:.3f}, one more round would reach "
+            f"{epsilon_after:.3f} > target ε {target_epsilon:g} at δ={target_delta:g}"
+        )
+    return epsilon_after

@@ -1,0 +1,56 @@
+"""Reference models on the very same splits as the federation, to make its gain visible.
+
+- centralized non-private: one model on the union of all banks' train splits (what
+  pooling data would give; not allowed in reality, an upper reference only);
+- local-only DP: each bank alone, with the same DP budget and the same number of
+  epochs as its federated training.
+These are study artifacts of a simulation: they never leave the machine and are
+not releases of any bank, so they are not charged to a bank's ledger.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedrisk.client.training import TrainingSettings, predict_logits, train_locally
+from fedrisk.config import RunConfig
+from fedrisk.models import ModelSpec, build_model
+from fedrisk.models.metrics import discrimination_metrics
+from fedrisk.privacy.accounting import plan_schedule
+
+Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # X_train, y_train, X_test, y_test
+
+
+def _settings(config: RunConfig, epochs: int) -> TrainingSettings:
+    return TrainingSettings(epochs, config.batch_size, config.learning_rate, config.momentum,
+                            config.max_grad_norm)
+
+
+def centralized_auc(splits: dict[str, Split], config: RunConfig) -> float:
+    """AUC on the pooled test splits of a non-private model trained on the pooled train splits."""
+    x_train = np.concatenate([s[0] for s in splits.values()])
+    y_train = np.concatenate([s[1] for s in splits.values()])
+    x_test = np.concatenate([s[2] for s in splits.values()])
+    y_test = np.concatenate([s[3] for s in splits.values()])
+    model = build_model(ModelSpec(config.model, x_train.shape[1], config.hidden_layers),
+                        config.seed)
+    epochs = config.num_server_rounds * config.local_epochs
+    train_locally(model, x_train, y_train, _settings(config, epochs), None, config.seed)
+    probabilities = 1 / (1 + np.exp(-predict_logits(model, x_test)))
+    return discrimination_metrics(probabilities, y_test)["auc"]
+
+
+def local_only_auc(split: Split, config: RunConfig) -> float:
+    """Test AUC of a bank training alone, with DP at the run's budget unless ``dp`` is off."""
+    x_train, y_train, x_test, y_test = split
+    epochs = config.num_server_rounds * config.local_epochs
+    schedule = None
+    if config.dp:
+        schedule = plan_schedule(len(y_train), config.batch_size, epochs, 1,
+                                 config.target_epsilon, config.target_delta,
+                                 accountant=config.accountant)
+    model = build_model(ModelSpec(config.model, x_train.shape[1], config.hidden_layers),
+                        config.seed)
+    train_locally(model, x_train, y_train, _settings(config, epochs), schedule, config.seed)
+    probabilities = 1 / (1 + np.exp(-predict_logits(model, x_test)))
+    return discrimination_metrics(probabilities, y_test)["auc"]

@@ -1,0 +1,55 @@
+"""Record-level DP accounting: composition over rounds, calibration, refusal."""
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from fedrisk.privacy.accounting import (
+    PrivacyBudgetExceeded,
+    check_budget,
+    compose_epsilon,
+    plan_schedule,
+)
+
+DELTA = 1e-5
+
+
+def test_round_by_round_composition_equals_one_accountant_over_all_steps():
+    schedule = plan_schedule(1540, 64, 1, 5, 3.0, DELTA)
+    history, epsilons = [], []
+    for _ in range(5):
+        history.append((schedule.noise_multiplier, schedule.sample_rate, schedule.steps_per_round))
+        epsilons.append(compose_epsilon(history, DELTA))
+    one_accountant = RDPAccountant()
+    for _ in range(5 * schedule.steps_per_round):
+        one_accountant.step(noise_multiplier=schedule.noise_multiplier,
+                            sample_rate=schedule.sample_rate)
+    assert epsilons[-1] == pytest.approx(one_accountant.get_epsilon(DELTA), rel=1e-9)
+    assert all(b > a for a, b in zip(epsilons, epsilons[1:]))
+    assert 2.9 <= epsilons[-1] <= 3.0
+
+
+def test_a_bank_at_its_budget_refuses_the_next_round():
+    schedule = plan_schedule(1540, 64, 1, 3, 1.0, DELTA)
+    step = (schedule.noise_multiplier, schedule.sample_rate, schedule.steps_per_round)
+    history = []
+    for _ in range(3):
+        check_budget(history, schedule, 1.0, DELTA)
+        history.append(step)
+    with pytest.raises(PrivacyBudgetExceeded, match="budget exhausted"):
+        check_budget(history, schedule, 1.0, DELTA)
+
+
+def test_calibration_accounts_for_spend_of_earlier_runs():
+    fresh = plan_schedule(1540, 64, 1, 5, 3.0, DELTA)
+    earlier = [(fresh.noise_multiplier, fresh.sample_rate, 2 * fresh.steps_per_round)]
+    second = plan_schedule(1540, 64, 1, 5, 3.0, DELTA, prior_history=earlier)
+    assert second.noise_multiplier > fresh.noise_multiplier
+    total = [*earlier, (second.noise_multiplier, second.sample_rate, 5 * second.steps_per_round)]
+    assert compose_epsilon(total, DELTA) <= 3.0
+    exhausted = [(fresh.noise_multiplier, fresh.sample_rate, 5 * fresh.steps_per_round)]
+    with pytest.raises(PrivacyBudgetExceeded):
+        plan_schedule(1540, 64, 1, 5, 2.5, DELTA, prior_history=exhausted)
+
+
+def test_zero_noise_is_infinite_epsilon():
+    assert compose_epsilon([(0.0, 0.04, 10)], DELTA) == float("inf")
