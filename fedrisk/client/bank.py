@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from flwr.app import Context
 
 from fedrisk.config import RunConfig
 from fedrisk.data import Contract, DataError, check_table, read_table, stratified_split
@@ -102,3 +105,15 @@ def load_bank(source: BankSource, config: RunConfig) -> Bank:
         test_features=contract.encode(test), test_labels=contract.labels(test),
         fingerprint=fingerprint, state_dir=source.state_dir, ledger=ledger,
     )
+
+
+def bank_for_context(context: Context) -> Bank:
+    """The bank of this node and run, loaded once per process."""
+    config = RunConfig.from_run_config(dict(context.run_config))
+    return _cached_bank(resolve_source(dict(context.node_config), config), config)
+
+
+@lru_cache(maxsize=8)
+def _cached_bank(source: BankSource, config: RunConfig) -> Bank:
+    # Simulation reuses client processes across rounds: read and encode the table once.
+    return load_bank(source, config)

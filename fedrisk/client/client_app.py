@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from flwr.app import Context, Message
 from flwr.client import Client
 from flwr.client.mod import secaggplus_mod
@@ -11,22 +9,16 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from fedrisk.client.bank import Bank, BankSource, load_bank, resolve_source
+from fedrisk.client.bank import bank_for_context
 from fedrisk.client.bank_client import BankClient
+from fedrisk.client.guard import egress_guard_mod
 from fedrisk.config import RunConfig
-
-
-@lru_cache(maxsize=8)
-def _cached_bank(source: BankSource, config: RunConfig) -> Bank:
-    # Simulation reuses client processes across rounds: read and encode the table once.
-    return load_bank(source, config)
 
 
 def client_fn(context: Context) -> Client:
     """Build this node's bank client from its node config and the run config."""
     config = RunConfig.from_run_config(dict(context.run_config))
-    bank = _cached_bank(resolve_source(dict(context.node_config), config), config)
-    return BankClient(bank, config, context.run_id).to_client()
+    return BankClient(bank_for_context(context), config, context.run_id).to_client()
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -41,4 +33,5 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     return call_next(msg, context)
 
 
-app = ClientApp(client_fn=client_fn, mods=[secure_aggregation_mod])
+# The guard is outermost: it sees exactly what would leave, after SecAgg+ masking.
+app = ClientApp(client_fn=client_fn, mods=[egress_guard_mod, secure_aggregation_mod])

@@ -55,11 +55,14 @@ def check_table(df: pd.DataFrame, contract: Contract, source: str = "table") -> 
         df: The bank's table.
         contract: The agreed contract.
         source: How to name the table in messages (usually its file path).
+
     """
     try:
         return _check(df, contract, source)
     except Exception as error:  # a checker must report, not crash, whatever the table holds
-        return CheckReport([f"{source}: could not check the table: {first_line(error)}"], [], len(df))
+        return CheckReport(
+            [f"{source}: could not check the table: {first_line(error)}"], [], len(df)
+        )
 
 
 def check_table_file(path: str | Path, contract_path: str | Path) -> CheckReport:
@@ -82,7 +85,9 @@ def _check(df: pd.DataFrame, contract: Contract, source: str) -> CheckReport:
     report = CheckReport(n_rows=len(df))
     repeated = df.columns[df.columns.duplicated()].unique()
     if len(repeated):
-        report.errors += [f"{source}: column '{c}': appears more than once (0 rows)" for c in repeated]
+        report.errors += [
+            f"{source}: column '{c}': appears more than once ({_rows(len(df))})" for c in repeated
+        ]
         return report
     df = df.reset_index(drop=True)  # failure cases are counted by row label
     report.errors += _schema_messages(_error_schema(contract), df, contract, source, _ERRORS)
@@ -91,7 +96,9 @@ def _check(df: pd.DataFrame, contract: Contract, source: str) -> CheckReport:
         return report
     report.errors += _class_balance_errors(df, contract, source)
     report.warnings += _duplicate_warnings(df, contract, source)
-    report.warnings += _schema_messages(_warning_schema(contract, df), df, contract, source, _WARNINGS)
+    report.warnings += _schema_messages(
+        _warning_schema(contract, df), df, contract, source, _WARNINGS
+    )
     report.warnings += _target_value_warnings(df, contract, source)
     report.warnings += [
         f"{source}: column '{c}': not in the contract, ignored ({_rows(len(df))})"
@@ -125,11 +132,15 @@ def _class_balance_errors(df: pd.DataFrame, contract: Contract, source: str) -> 
 
 def _duplicate_warnings(df: pd.DataFrame, contract: Contract, source: str) -> list[str]:
     # Ids in dropped columns make every row unique; compare what the model sees.
-    columns = [c for c in contract.required_columns if c in df.columns]
-    n_duplicates = int(df.duplicated(subset=columns or None).sum())
+    columns = contract.required_columns
+    if not set(columns) <= set(df.columns):
+        return []  # already an error; duplicates over a subset would mislead
+    n_duplicates = int(df.duplicated(subset=columns).sum())
     if not n_duplicates:
         return []
-    return [f"{source}: duplicate rows, same values in every contract column ({_rows(n_duplicates)})"]
+    return [
+        f"{source}: duplicate rows, same values in every contract column ({_rows(n_duplicates)})"
+    ]
 
 
 def _target_value_warnings(df: pd.DataFrame, contract: Contract, source: str) -> list[str]:
@@ -169,7 +180,7 @@ def _error_schema(contract: Contract) -> pa.DataFrameSchema:
 
 
 def _warning_schema(contract: Contract, df: pd.DataFrame) -> pa.DataFrameSchema:
-    """What the encoding will repair: missing values, clipping, bucketing, unknown grades."""
+    """Build the schema of what the encoding repairs: missing values, clipping, bucketing."""
     present = [c for c in contract.required_columns if c in df.columns and c != contract.target]
     checks: dict[str, list[pa.Check]] = {c: [] for c in present}
     for feature in contract.numeric_inputs:
@@ -221,10 +232,10 @@ _ERRORS: dict[str, Message] = {
     "column_in_dataframe": lambda c, col, ex: "missing from the table but required by the contract",
     "non_numeric": lambda c, col, ex: f"non-numeric values in a numeric column, such as {ex}",
     "out_of_range": lambda c, col, ex: (
-        f"values outside {_bounds(c, col)}, such as {ex} (policy out_of_range = \"error\")"
+        f'values outside {_bounds(c, col)}, such as {ex} (policy out_of_range = "error")'
     ),
     "unseen_category": lambda c, col, ex: (
-        f"categories not in the contract, such as {ex} (policy unknown = \"error\")"
+        f'categories not in the contract, such as {ex} (policy unknown = "error")'
     ),
     "not_nullable": lambda c, col, ex: "target value missing",
 }
@@ -261,9 +272,15 @@ def _schema_messages(
             continue
         rows = group["index"].dropna().nunique()
         found = examples(group["failure_case"].dropna())
-        describe = messages.get(str(check), lambda c, col, ex: f"failed check {check}")
-        lines.append(f"{source}: column '{column}': {describe(contract, column, found)} ({_rows(rows)})")
+        describe = messages.get(str(check), _unnamed_check(str(check)))
+        lines.append(
+            f"{source}: column '{column}': {describe(contract, column, found)} ({_rows(rows)})"
+        )
     return lines
+
+
+def _unnamed_check(check: str) -> Message:
+    return lambda contract, column, found: f"failed check {check}, such as {found}"
 
 
 def _missing_column(df: pd.DataFrame, contract: Contract, source: str, column: str) -> str:

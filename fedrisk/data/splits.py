@@ -32,6 +32,7 @@ def stratified_split(
     Raises:
         DataError: ``test_fraction`` not in (0, 1), missing target values, or a
             class with fewer than two rows.
+
     """
     if not 0 < test_fraction < 1:
         raise DataError(f"test fraction must be between 0 and 1, got {test_fraction}")
@@ -98,6 +99,7 @@ def split_table(
     Raises:
         DataError: Neither or both of ``by`` and ``n_banks``, an unknown column,
             values the region map does not cover, or an impossible split.
+
     """
     if (by is None) == (n_banks is None):
         raise DataError("split: give exactly one of by=COLUMN or n_banks=N")
@@ -214,6 +216,7 @@ def split_table_file(
     Raises:
         DataError: Unreadable table or contract, unknown format, or an
             impossible split.
+
     """
     if fmt not in TABLE_FORMATS:
         raise DataError(f"unknown table format '{fmt}' (choose one of {', '.join(TABLE_FORMATS)})")
@@ -240,6 +243,7 @@ def slugify(value: object) -> str:
 
     Raises:
         DataError: Nothing usable is left (e.g. the value is only punctuation).
+
     """
     slug = re.sub(r"[^a-z0-9_-]+", "_", str(value).strip().lower()).strip("_-")
     if not slug:

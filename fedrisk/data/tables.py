@@ -19,6 +19,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     Raises:
         DataError: One line naming the file: missing, a directory, unknown
             extension, empty, or unreadable.
+
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -33,7 +34,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: file is empty")
     try:
         if suffix in CSV_SUFFIXES:
-            return pd.read_csv(path, float_precision="round_trip")
+            return pd.read_csv(path)
         return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file has no columns") from None
@@ -50,6 +51,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
 
     Raises:
         DataError: Unknown extension.
+
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -58,10 +60,11 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     elif suffix in PARQUET_SUFFIXES:
         df.to_parquet(path, index=False)
     else:
-        raise DataError(f"{path}: unknown file extension '{path.suffix}' (expected .csv or .parquet)")
+        raise DataError(
+            f"{path}: unknown file extension '{path.suffix}' (expected .csv or .parquet)"
+        )
     return path
 
 
 def _kind(suffix: str) -> str:
     return "CSV" if suffix in CSV_SUFFIXES else "Parquet"
-

@@ -13,6 +13,8 @@ import numbers
 import numpy as np
 import pandas as pd
 
+from fedrisk.data.errors import DataError
+
 # 12 significant digits: enough to tell real values apart, few enough that a
 # float that lost its last bit in a CSV round trip still prints the same.
 _NUMBER_FORMAT = ".12g"
@@ -42,6 +44,14 @@ def canonical_strings(series: pd.Series) -> pd.Series:
     return pd.Series(text, index=series.index, dtype=object)
 
 
+def value_text(value: object) -> str:
+    """Canonical text of one contract value (a label or category), as a table would give it."""
+    text = _value_to_string(value)
+    if text is None:
+        raise DataError("a label, category or grade level cannot be missing")
+    return text
+
+
 def _value_to_string(value: object) -> str | None:
     if value is None or value is pd.NA or value is pd.NaT:
         return None
@@ -58,6 +68,7 @@ def to_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(values, non_numeric)``: the parsed values (NaN where missing or not
         a number) and a boolean mask of present values that are not numbers.
+
     """
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
         values = series.to_numpy(dtype=float, na_value=np.nan)

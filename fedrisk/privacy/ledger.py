@@ -68,7 +68,7 @@ from fedrisk.privacy.keys import (
 
 LEDGER_FORMAT = "fedrisk-ledger/1"
 GENESIS_KIND = "genesis"
-ENTRY_KINDS = frozenset({"privacy_spend", "egress", "refusal", "note"})
+ENTRY_KINDS = frozenset({"privacy_spend", "egress", "blocked", "refusal", "note"})
 PRIVACY_SPEND_KEYS = (
     "run_id",
     "round",

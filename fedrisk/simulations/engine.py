@@ -68,7 +68,7 @@ def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
         num_supernodes=num_banks, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
         client_app=client_app, server_app=server_app, backend_name="ray",
         backend_config=backend_config, app_dir=str(app_dir), run=run,
-        server_app_context=context, verbose_logging=verbose,
+        server_app_context=context, verbose_logging=verbose, is_app=True,
     )
     return run.run_id
 
