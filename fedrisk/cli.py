@@ -63,7 +63,8 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="Show Flower and Ray logs.")] = False,
 ) -> None:
     """Simulate a consortium of banks training a default model with DP on one machine."""
-    from fedrisk.simulations import SimulationRequest, simulate as run_simulation
+    from fedrisk.simulations import SimulationRequest
+    from fedrisk.simulations import simulate as run_simulation
 
     overrides = _parse_run_config(run_config)
     flags = {"num-server-rounds": rounds, "local-epochs": local_epochs,
@@ -138,6 +139,30 @@ def data_split(
         console.print(f"{bank_id}: {path}")
 
 
+@audit_app.command("verify")
+def audit_verify(
+    path: Annotated[Path, typer.Argument(help="A ledger file, a bank state dir or a run dir.")],
+) -> None:
+    """Check every ledger's hash chain and signatures: OK, or the first bad entry (exit 1)."""
+    from fedrisk.privacy.ledger import verify_path
+
+    if not path.exists():
+        _fail(f"{path}: no such file or directory")
+    results = verify_path(path)
+    if not results:
+        _fail(f"{path}: no ledger found (ledgers are banks' ledgers/*.jsonl files)")
+    for result in results:
+        if result.ok:
+            eps = "-" if result.last_epsilon is None else f"{result.last_epsilon:.4f}"
+            console.print(f"OK    {result.bank_id}: {result.entries} entries, last ε {eps}"
+                          f"  ({result.path})", highlight=False)
+        else:
+            console.print(f"[red]FAIL[/red]  {result.path}: entry {result.first_bad_index}: "
+                          f"{result.reason}", highlight=False)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
 def _parse_run_config(text: str | None) -> dict[str, str]:
     if not text:
         return {}
@@ -152,9 +177,10 @@ def _parse_run_config(text: str | None) -> dict[str, str]:
 
 def _show_progress(verbose: bool) -> None:
     """Show fedrisk's progress lines; Flower's own INFO chatter only with --verbose."""
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.propagate = False  # Ray's root handler would print every line twice
     if verbose:
         return
-    flwr_logger = logging.getLogger("flwr")
     for handler in flwr_logger.handlers:
         handler.addFilter(lambda r: r.levelno >= logging.WARNING or "fedrisk" in r.pathname)
 
@@ -191,10 +217,12 @@ def _fmt(value: object) -> str:
 def main() -> None:
     """Entry point: user errors are one line on stderr with exit code 2, never a traceback."""
     from fedrisk.privacy.accounting import PrivacyBudgetExceeded
+    from fedrisk.privacy.keys import KeyFileError
+    from fedrisk.privacy.ledger import LedgerError
 
     try:
         app()
-    except (ConfigError, DataError, PrivacyBudgetExceeded) as error:
+    except (ConfigError, DataError, PrivacyBudgetExceeded, KeyFileError, LedgerError) as error:
         errors.print(f"[red]error:[/red] {error}", highlight=False)
         sys.exit(2)
 

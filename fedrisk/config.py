@@ -53,9 +53,9 @@ class RunConfig:
     server_learning_rate: float = 0.1
     fraction_train: float = 1.0
     min_banks: int = 2
-    local_epochs: int = 1
-    batch_size: int = 64
-    learning_rate: float = 0.1
+    local_epochs: int = 2
+    batch_size: int = 256
+    learning_rate: float = 1.0
     momentum: float = 0.9
     dp: bool = True
     target_epsilon: float = 3.0
@@ -116,7 +116,7 @@ class RunConfig:
         _require(self.privacy_budget_scope in BUDGET_SCOPES, "privacy-budget-scope",
                  "must be run or dataset")
         _require(self.secagg_num_shares > 0, "secagg-num-shares", "must be positive")
-        _require(0 < self.secagg_reconstruction_threshold, "secagg-reconstruction-threshold",
+        _require(self.secagg_reconstruction_threshold > 0, "secagg-reconstruction-threshold",
                  "must be positive")
         _require(self.secagg_max_weight > 0, "secagg-max-weight", "must be positive")
         try:

@@ -16,7 +16,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
 from flwr.app import Context
 
 from fedrisk.config import RunConfig
@@ -38,6 +37,7 @@ class Bank:
         fingerprint: SHA-256 of the bank's table; keys its lifetime privacy budget.
         state_dir: the bank's own directory for its ledger and keys.
         ledger: the bank's signed egress and privacy ledger for this data.
+
     """
 
     bank_id: str

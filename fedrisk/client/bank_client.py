@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
 from flwr.client import NumPyClient
-from flwr.common import NDArrays, Scalar
+from flwr.common import NDArrays, Scalar, ndarray_to_bytes
 
 from fedrisk.client.bank import Bank
 from fedrisk.client.training import TrainingSettings, predict_logits, train_locally
@@ -26,7 +27,8 @@ log = logging.getLogger("fedrisk.bank")
 
 def model_spec_for(bank: Bank, config: RunConfig) -> ModelSpec:
     """The agreed model architecture over this contract's encoding."""
-    return ModelSpec(config.model, bank.contract.n_features, config.hidden_layers)
+    return ModelSpec(config.model, bank.contract.n_features, config.hidden_layers,
+                     bank.contract.prior_default_rate)
 
 
 class BankClient(NumPyClient):
@@ -63,7 +65,12 @@ class BankClient(NumPyClient):
             raise RuntimeError("DP-SGD took a different number of steps than it was charged")
         update = [local - np.asarray(glob, dtype=np.float32) for local, glob in zip(
             model_arrays(model).values(), parameters, strict=True)]
-        return update, self.bank.n_train, self._fit_metrics(result.mean_loss, schedule)
+        self.bank.ledger.append("note", {
+            "run_id": self.run_id, "round": server_round, "event": "update computed",
+            "update_sha256": hashlib.sha256(b"".join(map(ndarray_to_bytes, update))).hexdigest(),
+        })
+        metrics = self._fit_metrics(result.mean_loss, schedule)
+        return update, self.bank.n_train, metrics | {"ledger_head": self.bank.ledger.head_hash}
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[
             float, int, dict[str, Scalar]]:

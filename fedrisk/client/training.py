@@ -6,6 +6,7 @@ centralized reference, so the comparison between them is like for like.
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ class TrainingSettings:
         learning_rate / momentum: SGD settings.
         max_grad_norm: L2 bound each record's gradient is clipped to (DP sensitivity).
         proximal_mu: FedProx proximal term weight (0 = plain FedAvg local training).
+
     """
 
     local_epochs: int = 1
@@ -47,6 +49,7 @@ class TrainingResult:
         steps: optimizer steps actually taken (must equal the planned steps under DP).
         mean_loss: mean training loss over the phase (a scalar; safe to report).
         history: the Opacus accountant history after training (empty without DP).
+
     """
 
     steps: int
@@ -70,8 +73,14 @@ def train_locally(
     ``schedule.noise_multiplier × max_grad_norm``; the result carries the accountant
     history of exactly these steps. Without a schedule, trains without privacy
     (shuffled mini-batches), for labelled non-private baselines only.
+
+    Under DP, Poisson sampling and noise are seeded from the OS entropy pool, never
+    from ``seed``: anyone who knows the run config could otherwise regenerate the
+    noise and subtract it. (Opacus' ``secure_mode`` needs ``torchcsprng``, which has
+    no build for current torch.) DP runs are therefore not bit-reproducible; ``seed``
+    makes non-private training reproducible.
     """
-    torch.manual_seed(seed)
+    torch.manual_seed(secrets.randbits(63) if schedule is not None else seed)
     dataset = TensorDataset(torch.from_numpy(features), torch.from_numpy(labels))
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
@@ -79,17 +88,20 @@ def train_locally(
                                 momentum=settings.momentum)
     anchor = [p.detach().clone() for p in model.parameters()]
     engine = None
-    if schedule is not None:
-        engine = PrivacyEngine(accountant="rdp")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Opacus warns about the secure RNG mode
+    with warnings.catch_warnings():
+        # Opacus warns that its (torchcsprng) secure RNG is off, see above; torch warns
+        # that backward hooks fire on inputs without gradients, which is expected.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        if schedule is not None:
+            engine = PrivacyEngine(accountant="rdp")
             model, optimizer, loader = engine.make_private(
                 module=model, optimizer=optimizer, data_loader=loader,
                 noise_multiplier=schedule.noise_multiplier,
                 max_grad_norm=settings.max_grad_norm, poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(seed + 1),
+                noise_generator=torch.Generator().manual_seed(secrets.randbits(63)),
             )
-    steps, total_loss = _run_epochs(model, optimizer, loader, settings, anchor)
+        steps, total_loss = _run_epochs(model, optimizer, loader, settings, anchor)
     history = list(engine.accountant.history) if engine is not None else []
     return TrainingResult(steps=steps, mean_loss=total_loss / max(steps, 1), history=history)
 

@@ -109,6 +109,9 @@ class Contract:
     validated), but it is a model input only if listed in ``use_as_feature``.
     The grade column is never a model input. ``drafted`` marks a contract
     produced by :func:`draft_contract` that nobody has reviewed yet.
+    ``prior_default_rate`` is the consortium's agreed, public prior of default
+    (e.g. a published portfolio default rate); it only sets the model's initial
+    output bias so that early DP-SGD steps are spent on ranking, not on the base rate.
     """
 
     name: str
@@ -122,6 +125,7 @@ class Contract:
     grade_levels: tuple[str, ...] = ()
     exposure: str | None = None
     risk_band_edges: tuple[float, ...] = (0.02, 0.05, 0.10, 0.20)
+    prior_default_rate: float = 0.5
     missing_categorical: str = "__missing__"
     use_as_feature: tuple[str, ...] = ()
     drafted: bool = False
@@ -136,6 +140,8 @@ class Contract:
         object.__setattr__(self, "grade_levels", tuple(value_text(g) for g in self.grade_levels))
         edges = tuple(_as_float(e, "risk_band_edges") for e in self.risk_band_edges)
         object.__setattr__(self, "risk_band_edges", edges)
+        object.__setattr__(self, "prior_default_rate",
+                           _as_float(self.prior_default_rate, "prior_default_rate"))
         problems = _contract_problems(self)
         if problems:
             n_more = len(problems) - 1
@@ -447,6 +453,8 @@ def _contract_problems(contract: Contract) -> list[str]:
     problems += _grade_problems(contract)
     if contract.exposure and contract.exposure not in {f.name for f in contract.numeric}:
         problems.append(f"exposure column '{contract.exposure}' must be a numeric feature")
+    if not 0 < contract.prior_default_rate < 1:
+        problems.append("prior_default_rate must be a probability between 0 and 1")
     edges = contract.risk_band_edges
     if not all(0 < e < 1 for e in edges) or list(edges) != sorted(set(edges)):
         problems.append("risk_band_edges must be increasing probabilities between 0 and 1")

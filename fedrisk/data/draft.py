@@ -43,7 +43,8 @@ def draft_contract(
     sorted) is never a feature.
 
     The result is marked ``drafted``: its statistics describe one bank's
-    customers, so a human must review it before it is shared.
+    customers (including its default rate, drafted as ``prior_default_rate``), so
+    a human must review it before it is shared.
 
     Raises:
         DataError: The target, a protected, grade or exposure column is
@@ -68,7 +69,9 @@ def draft_contract(
         if not _is_numeric(df[c]) and df[c].nunique() <= max_categories
     )
     grade_levels = tuple(sorted(canonical_strings(df[grade]).dropna().unique())) if grade else ()
+    positives = (canonical_strings(df[target]) == value_text(positive_label)).mean()
     return Contract(
+        prior_default_rate=float(f"{min(max(positives, 0.001), 0.999):.2g}"),
         name=name,
         target=target,
         positive_label=value_text(positive_label),

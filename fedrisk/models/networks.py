@@ -26,11 +26,15 @@ class ModelSpec:
             layer: the regulator-friendly scorecard baseline).
         n_features: width of the contract encoding.
         hidden_units: sizes of the hidden layers (ignored for ``"logistic"``).
+        prior_default_rate: public prior of default; the output bias starts at its
+            log-odds, so training starts from the base rate instead of 50%.
+
     """
 
     kind: str
     n_features: int
     hidden_units: tuple[int, ...] = (64,)
+    prior_default_rate: float = 0.5
 
     def __post_init__(self) -> None:
         """Reject unknown model kinds and non-positive sizes early."""
@@ -38,6 +42,8 @@ class ModelSpec:
             raise ValueError(f"unknown model '{self.kind}'; choose one of {', '.join(MODEL_KINDS)}")
         if self.n_features < 1 or any(h < 1 for h in self.hidden_units):
             raise ValueError("model sizes must be positive")
+        if not 0 < self.prior_default_rate < 1:
+            raise ValueError("prior_default_rate must be between 0 and 1")
 
     def to_dict(self) -> dict:
         """Serialize to plain JSON types."""
@@ -46,7 +52,8 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
         """Rebuild from :meth:`to_dict` output."""
-        return cls(data["kind"], int(data["n_features"]), tuple(data.get("hidden_units", ())))
+        return cls(data["kind"], int(data["n_features"]), tuple(data.get("hidden_units", ())),
+                   float(data.get("prior_default_rate", 0.5)))
 
 
 class PDNetwork(nn.Module):
@@ -63,6 +70,9 @@ class PDNetwork(nn.Module):
             layers += [nn.Linear(width_in, width_out), nn.ReLU()]
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(widths[-1], 1)
+        with torch.no_grad():
+            rate = spec.prior_default_rate
+            self.head.bias.fill_(float(np.log(rate / (1 - rate))))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return logits of shape ``(batch,)``."""

@@ -33,6 +33,7 @@ class DPSchedule:
         steps_per_round: optimizer steps per round (local epochs × 1/sample_rate).
         noise_multiplier: std of the Gaussian noise divided by ``max_grad_norm``;
             chosen so the planned rounds meet the target ε at the target δ.
+
     """
 
     sample_rate: float
@@ -54,6 +55,7 @@ def compose_epsilon(history: Sequence[tuple[float, float, int]], delta: float,
         delta: the δ at which ε is reported; must be below 1/n of the bank to be meaningful.
         accountant: Opacus accountant: ``"rdp"`` (an upper bound, the default),
             ``"prv"`` (tighter numerically) or ``"gdp"`` (asymptotic, can underestimate).
+
     """
     if not history:
         return 0.0

@@ -46,6 +46,7 @@ class EgressPolicy:
         histogram_bins: number of score-histogram bins per class.
         max_banks: upper bound on SecAgg+ neighbours (lists longer than this are rejected).
         ledger_head: the bank's current ledger head hash (the only hex string allowed).
+
     """
 
     bank_id: str

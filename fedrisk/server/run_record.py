@@ -6,6 +6,7 @@ Writes ``metrics.json`` (schema in the README), the final model
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -26,7 +27,7 @@ from fedrisk.models.metrics import HISTOGRAM_BINS, histogram_auc  # noqa: E402
 
 SCHEMA_VERSION = 1
 FIT_KEYS = ("n_train", "epsilon", "epsilon_lifetime", "delta", "noise_multiplier",
-            "sample_rate", "steps", "train_loss")
+            "sample_rate", "steps", "train_loss", "ledger_head")
 EVAL_KEYS = ("n_test", "auc", "brier", "ks")
 
 
@@ -43,6 +44,7 @@ class RunRecorder:
         self._round_start = time.monotonic()
         self._failures: dict[int, list[str]] = {}
         self._trained: dict[int, int] = {}
+        self._received: dict[int, list[str]] = {}
 
     def on_fit(self, server_round: int, results: list, failures: list) -> None:
         """Record each bank's training scalars (ε, counts) and each failure's reason."""
@@ -52,6 +54,11 @@ class RunRecorder:
             bank["rounds_joined"] += 1
             bank.update({k: metrics[k] for k in FIT_KEYS if k in metrics})
         self._trained[server_round] = len(results)
+        # Fingerprints of exactly what the strategy was handed; under SecAgg+ each
+        # is the masked-sum aggregate, never one bank's update (tests compare these
+        # with the banks' own ledgers).
+        self._received[server_round] = sorted({_sha256(res.parameters.tensors)
+                                                for _, res in results})
         self._failures[server_round] = [_failure_reason(f) for f in failures]
         for reason in self._failures[server_round]:
             log(30, "round %s: a bank did not contribute: %s", server_round, reason)
@@ -79,6 +86,7 @@ class RunRecorder:
             "banks_trained": self._trained.get(server_round, 0),
             "banks_failed": len(self._failures.get(server_round, [])),
             "failures": self._failures.get(server_round, []),
+            "received_update_sha256": self._received.get(server_round, []),
         }
         self._round_start = now
         self.rounds.append(record)
@@ -139,6 +147,10 @@ class RunRecorder:
         figure.tight_layout()
         figure.savefig(path, dpi=100)
         plt.close(figure)
+
+
+def _sha256(tensors: list[bytes]) -> str:
+    return hashlib.sha256(b"".join(tensors)).hexdigest()
 
 
 def _parameter_names(spec: ModelSpec) -> list[str]:

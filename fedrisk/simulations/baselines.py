@@ -26,21 +26,20 @@ def _settings(config: RunConfig, epochs: int) -> TrainingSettings:
                             config.max_grad_norm)
 
 
-def centralized_auc(splits: dict[str, Split], config: RunConfig) -> float:
+def centralized_auc(splits: dict[str, Split], spec: ModelSpec, config: RunConfig) -> float:
     """AUC on the pooled test splits of a non-private model trained on the pooled train splits."""
     x_train = np.concatenate([s[0] for s in splits.values()])
     y_train = np.concatenate([s[1] for s in splits.values()])
     x_test = np.concatenate([s[2] for s in splits.values()])
     y_test = np.concatenate([s[3] for s in splits.values()])
-    model = build_model(ModelSpec(config.model, x_train.shape[1], config.hidden_layers),
-                        config.seed)
+    model = build_model(spec, config.seed)
     epochs = config.num_server_rounds * config.local_epochs
     train_locally(model, x_train, y_train, _settings(config, epochs), None, config.seed)
     probabilities = 1 / (1 + np.exp(-predict_logits(model, x_test)))
     return discrimination_metrics(probabilities, y_test)["auc"]
 
 
-def local_only_auc(split: Split, config: RunConfig) -> float:
+def local_only_auc(split: Split, spec: ModelSpec, config: RunConfig) -> float:
     """Test AUC of a bank training alone, with DP at the run's budget unless ``dp`` is off."""
     x_train, y_train, x_test, y_test = split
     epochs = config.num_server_rounds * config.local_epochs
@@ -49,8 +48,7 @@ def local_only_auc(split: Split, config: RunConfig) -> float:
         schedule = plan_schedule(len(y_train), config.batch_size, epochs, 1,
                                  config.target_epsilon, config.target_delta,
                                  accountant=config.accountant)
-    model = build_model(ModelSpec(config.model, x_train.shape[1], config.hidden_layers),
-                        config.seed)
+    model = build_model(spec, config.seed)
     train_locally(model, x_train, y_train, _settings(config, epochs), schedule, config.seed)
     probabilities = 1 / (1 + np.exp(-predict_logits(model, x_test)))
     return discrimination_metrics(probabilities, y_test)["auc"]

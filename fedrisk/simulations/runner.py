@@ -19,6 +19,7 @@ from fedrisk.data import (
     split_table,
     stratified_split,
 )
+from fedrisk.models import ModelSpec
 from fedrisk.simulations.baselines import Split, centralized_auc, local_only_auc
 from fedrisk.simulations.engine import run_flower_simulation
 
@@ -36,6 +37,7 @@ class SimulationRequest:
             ``split_by`` (a column) or into ``banks`` banks (seeded Dirichlet skew).
         overrides: run-config keys (as in pyproject ``[tool.flwr.app.config]``).
         baselines: also train the centralized and local-only reference models.
+
     """
 
     dataset: str = "lending_club"
@@ -132,11 +134,13 @@ def _add_baselines(metrics: dict, banks: dict[str, pd.DataFrame], contract: Cont
                    config: RunConfig) -> None:
     log.info("training baselines: centralized non-private and local-only per bank")
     splits = bank_splits(banks, contract, config)
-    local = {bank_id: local_only_auc(split, config) for bank_id, split in splits.items()}
+    spec = ModelSpec(config.model, contract.n_features, config.hidden_layers,
+                     contract.prior_default_rate)
+    local = {bank_id: local_only_auc(split, spec, config) for bank_id, split in splits.items()}
     for bank in metrics["banks"]:
         bank["local_only_auc"] = local.get(bank["id"])
     metrics["baselines"] = {
-        "centralized_auc": centralized_auc(splits, config),
+        "centralized_auc": centralized_auc(splits, spec, config),
         "local_only_auc_mean": sum(local.values()) / len(local),
         "local_only_private": config.dp,
     }

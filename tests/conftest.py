@@ -1,0 +1,32 @@
+"""Shared fixtures: run the real `fedrisk` CLI (real Flower, real Opacus) in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+       "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `fedrisk ARGS` as a user would; return the finished process."""
+    return subprocess.run([sys.executable, "-m", "fedrisk.cli", *args], capture_output=True,
+                          text=True, env=ENV, timeout=timeout)
+
+
+def simulate(output_dir: Path, *args: str) -> dict:
+    """Run `fedrisk simulate` into output_dir and return its metrics.json."""
+    result = run_cli("simulate", "--output-dir", str(output_dir), *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((output_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def dp_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One 3-round DP simulation on lending_club with secure aggregation (the default)."""
+    output = tmp_path_factory.mktemp("dp_run")
+    return output, simulate(output, "--rounds", "3", "--target-epsilon", "3")

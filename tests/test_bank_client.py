@@ -1,0 +1,64 @@
+"""A bank's DP round: write-ahead privacy spend, refusal at budget, no data in replies."""
+
+import pytest
+
+import fedrisk.client.bank_client as bank_client_module
+from fedrisk.client.bank import BankSource, load_bank
+from fedrisk.client.bank_client import BankClient
+from fedrisk.config import RunConfig
+from fedrisk.data import embedded_banks, load_embedded
+from fedrisk.privacy.accounting import PrivacyBudgetExceeded, compose_epsilon
+
+
+@pytest.fixture
+def bank(tmp_path):
+    table = embedded_banks("lending_club")["northeast"]
+    _, contract = load_embedded("lending_club")
+    table.to_csv(tmp_path / "northeast.csv", index=False)
+    contract.save(tmp_path / "contract.toml")
+    source = BankSource("northeast", tmp_path / "northeast.csv", tmp_path / "contract.toml",
+                        tmp_path / "state")
+    config = RunConfig(num_server_rounds=2, target_epsilon=1.0, output_dir=str(tmp_path))
+    return load_bank(source, config), config
+
+
+def test_a_bank_that_fails_after_training_is_still_charged(bank, monkeypatch):
+    bank, config = bank
+    client = BankClient(bank, config, run_id=7)
+    real_train = bank_client_module.train_locally
+
+    def train_then_crash(*args, **kwargs):
+        real_train(*args, **kwargs)
+        raise RuntimeError("process died after training, before replying")
+
+    monkeypatch.setattr(bank_client_module, "train_locally", train_then_crash)
+    with pytest.raises(RuntimeError, match="process died"):
+        client.fit(client.get_parameters({}), {"server-round": 1})
+    history = bank.ledger.privacy_history("7")
+    assert len(history) == 1
+    assert compose_epsilon(history, config.target_delta) > 0
+
+
+def test_epsilon_grows_each_round_and_the_bank_refuses_past_its_budget(bank):
+    bank, config = bank
+    client = BankClient(bank, config, run_id=8)
+    weights = client.get_parameters({})
+    epsilons = []
+    for server_round in (1, 2):
+        _, n, metrics = client.fit(weights, {"server-round": server_round})
+        epsilons.append(metrics["epsilon"])
+        assert n == bank.n_train
+    assert 0 < epsilons[0] < epsilons[1] <= config.target_epsilon
+    with pytest.raises(PrivacyBudgetExceeded):
+        client.fit(weights, {"server-round": 3})
+    assert [e.kind for e in bank.ledger.entries()][-1] == "refusal"
+
+
+def test_fit_returns_only_the_update_and_scalars(bank):
+    bank, config = bank
+    client = BankClient(bank, config, run_id=9)
+    weights = client.get_parameters({})
+    update, _, metrics = client.fit(weights, {"server-round": 1})
+    assert [u.shape for u in update] == [w.shape for w in weights]
+    assert all(isinstance(v, int | float | bool) for k, v in metrics.items()
+               if k not in ("bank_id", "ledger_head"))
