@@ -21,8 +21,8 @@ data_app = typer.Typer(help="Data contracts: draft, check and split bank tables.
 audit_app = typer.Typer(help="Verify ledgers of what left each bank.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(audit_app, name="audit")
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
