@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -21,7 +22,8 @@ data_app = typer.Typer(help="Data contracts: draft, check and split bank tables.
 audit_app = typer.Typer(help="Verify ledgers of what left each bank.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(audit_app, name="audit")
-console = Console(soft_wrap=True)
+# Piped output gets 100 columns, so that the per-bank table is not truncated.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 100)
 errors = Console(stderr=True, soft_wrap=True)
 
 
@@ -53,6 +55,8 @@ def simulate(
     strategy: Annotated[str | None, typer.Option(help="fedavg, fedprox or fedadam.")] = None,
     privacy_budget_scope: Annotated[str | None, typer.Option(
         help="run: budget per run; dataset: lifetime budget on this data.")] = None,
+    personalization: Annotated[str | None, typer.Option(
+        help="finetune: bank-local DP fine-tuning after the last round; none.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of splits, init and sampling.")] = None,
     output_dir: Annotated[Path, typer.Option(help="Where metrics.json and the model go.")]
     = Path("runs/latest"),
@@ -70,7 +74,8 @@ def simulate(
     flags = {"num-server-rounds": rounds, "local-epochs": local_epochs,
              "target-epsilon": target_epsilon, "target-delta": target_delta, "dp": dp,
              "secure-aggregation": secure_aggregation, "model": model, "strategy": strategy,
-             "privacy-budget-scope": privacy_budget_scope, "seed": seed,
+             "privacy-budget-scope": privacy_budget_scope, "personalization": personalization,
+             "seed": seed,
              "output-dir": str(output_dir)}
     overrides |= {k: v for k, v in flags.items() if v is not None}
     _show_progress(verbose)
@@ -187,19 +192,19 @@ def _show_progress(verbose: bool) -> None:
 
 def _print_summary(metrics: dict, output_dir: Path) -> None:
     dp = metrics["privacy"] != "NON-PRIVATE baseline"
-    table = Table(title=f"fedrisk simulation: {metrics['privacy']}")
-    for column in ("bank", "train", "test", "AUC", "local-only AUC", "ε (run)", "ε lifetime",
-                   "σ", "δ<1/n"):
-        table.add_column(column, justify="right")
+    lifetime = dp and any(b.get("epsilon_lifetime") != b.get("epsilon") for b in metrics["banks"])
+    columns = {"bank": "id", "train": "n_train", "test": "n_test", "local-only":
+               "local_only_auc", "global": "auc", "personalized": "personalized_auc"}
+    if dp:
+        columns |= {"ε": "epsilon", "σ": "noise_multiplier", "δ<1/n": "delta_below_1_over_n"}
+    if lifetime:
+        columns["ε lifetime"] = "epsilon_lifetime"
+    table = Table(title=f"fedrisk simulation: {metrics['privacy']}", box=box.SIMPLE_HEAD,
+                  caption="AUC of each model on the bank's own held-out split")
+    for header in columns:
+        table.add_column(header, justify="left" if header == "bank" else "right")
     for bank in metrics["banks"]:
-        table.add_row(
-            bank["id"], str(bank.get("n_train", "")), str(bank.get("n_test", "")),
-            _fmt(bank.get("auc")), _fmt(bank.get("local_only_auc")),
-            _fmt(bank.get("epsilon")) if dp else "non-private",
-            _fmt(bank.get("epsilon_lifetime")) if dp else "-",
-            _fmt(bank.get("noise_multiplier")) if dp else "-",
-            str(bank.get("delta_below_1_over_n", "-")),
-        )
+        table.add_row(*(_fmt(bank.get(key)) for key in columns.values()))
     console.print(table)
     final = metrics["final"]
     line = f"consortium AUC {_fmt(final['auc'])}, Brier {_fmt(final['brier'])}"
@@ -211,7 +216,9 @@ def _print_summary(metrics: dict, output_dir: Path) -> None:
 
 
 def _fmt(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    return f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from fedrisk.models.networks import MODEL_KINDS
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 BUDGET_SCOPES = ("run", "dataset")
+PERSONALIZATION = ("finetune", "none")
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,9 @@ class RunConfig:
             (``"dataset"``). Noise is calibrated up front to meet it.
         max_grad_norm: per-record gradient clipping bound (L2), the DP sensitivity.
         accountant: Opacus accountant used for calibration and reporting.
+        personalization: ``"finetune"``: after the last round each bank fine-tunes the
+            global model on its own rows for ``personalization_epochs`` (DP, charged to the
+            same budget; the personalized model never leaves the bank); ``"none"``.
         secure_aggregation: Flower SecAgg+; the coordinator sees only the sum of updates.
         secagg_num_shares / secagg_reconstruction_threshold: SecAgg+ secret sharing; a
             value ≤ 1 is a fraction of the sampled banks (1.0 = every bank holds a share),
@@ -63,6 +67,8 @@ class RunConfig:
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
     privacy_budget_scope: str = "run"
+    personalization: str = "finetune"
+    personalization_epochs: int = 2
     bank_state_dir: str = ""
     secure_aggregation: bool = True
     secagg_num_shares: float = 1.0
@@ -113,6 +119,9 @@ class RunConfig:
         _require(self.model in MODEL_KINDS, "model", f"must be one of {', '.join(MODEL_KINDS)}")
         _require(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
         _require(self.accountant in ("rdp", "prv", "gdp"), "accountant", "must be rdp, prv or gdp")
+        _require(self.personalization in PERSONALIZATION, "personalization",
+                 f"must be one of {', '.join(PERSONALIZATION)}")
+        _require(self.personalization_epochs >= 1, "personalization-epochs", "must be at least 1")
         _require(self.privacy_budget_scope in BUDGET_SCOPES, "privacy-budget-scope",
                  "must be run or dataset")
         _require(self.secagg_num_shares > 0, "secagg-num-shares", "must be positive")

@@ -18,7 +18,8 @@ def bank(tmp_path):
     contract.save(tmp_path / "contract.toml")
     source = BankSource("northeast", tmp_path / "northeast.csv", tmp_path / "contract.toml",
                         tmp_path / "state")
-    config = RunConfig(num_server_rounds=2, target_epsilon=1.0, output_dir=str(tmp_path))
+    config = RunConfig(num_server_rounds=2, target_epsilon=1.0, personalization="none",
+                       output_dir=str(tmp_path))
     return load_bank(source, config), config
 
 
@@ -62,3 +63,18 @@ def test_fit_returns_only_the_update_and_scalars(bank):
     assert [u.shape for u in update] == [w.shape for w in weights]
     assert all(isinstance(v, int | float | bool) for k, v in metrics.items()
                if k not in ("bank_id", "ledger_head"))
+
+
+def test_personalization_is_charged_to_the_same_budget_and_stays_at_the_bank(bank):
+    bank, config = bank
+    config = RunConfig(**{**config.__dict__, "personalization": "finetune"})
+    client = BankClient(bank, config, run_id=10)
+    weights = client.get_parameters({})
+    for server_round in (1, 2):
+        update, _, fit_metrics = client.fit(weights, {"server-round": server_round})
+    _, _, metrics = client.evaluate(weights, {"server-round": 2, "personalize": True})
+    assert fit_metrics["epsilon"] < metrics["epsilon"] <= config.target_epsilon
+    assert 0.5 < metrics["personalized_auc"] <= 1.0
+    assert (bank.state_dir / "personalized" / "10.safetensors").exists()
+    phases = [e.body["phase"] for e in bank.ledger.entries() if e.kind == "privacy_spend"]
+    assert phases == ["train", "train", "personalize"]

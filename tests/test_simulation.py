@@ -17,6 +17,7 @@ def test_dp_simulation_reaches_auc_floor_within_every_budget(dp_run):
     for bank in metrics["banks"]:
         assert 0 < bank["epsilon"] <= 3.0
         assert bank["rounds_joined"] == 3
+        assert 0.5 < bank["personalized_auc"] <= 1.0
         assert bank["delta_below_1_over_n"] is True
     eps = [r["epsilon_max"] for r in metrics["rounds"]]
     assert all(b > a for a, b in zip(eps, eps[1:], strict=False))
@@ -70,7 +71,7 @@ def test_a_bank_out_of_budget_drops_mid_round_and_the_run_goes_on(tmp_path):
         assert round_record["banks_trained"] == 4
         assert any("privacy budget exhausted" in f for f in round_record["failures"])
     assert "west" not in {b["id"] for b in metrics["banks"] if "epsilon" in b}
-    assert metrics["final"]["auc"] > 0.6
+    assert metrics["final"]["auc"] > 0.55  # the four other banks still train a useful model
     refusals = [e for e in ledger.entries() if e.kind == "refusal"]
     assert len(refusals) == 2
 

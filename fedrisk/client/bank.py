@@ -4,7 +4,8 @@ Where a bank's data comes from:
 - deployment: the SuperNode's ``--node-config`` names ``bank-id``, ``data-path`` and
   ``contract-path`` (and optionally ``state-dir`` and ``signing-key``);
 - simulation: ``fedrisk simulate`` writes one file per bank plus ``banks.json`` into the
-  run config's ``data-dir``, and node ``partition-id`` picks the bank's entry.
+  run config's ``data-dir``, and node ``partition-id`` picks the bank's entry; with no
+  ``data-dir`` (plain ``flwr run .``), the partition of the embedded ``dataset``.
 Either way a bank reads only its own file.
 """
 
@@ -19,7 +20,15 @@ import numpy as np
 from flwr.app import Context
 
 from fedrisk.config import RunConfig
-from fedrisk.data import Contract, DataError, check_table, read_table, stratified_split
+from fedrisk.data import (
+    Contract,
+    DataError,
+    check_table,
+    embedded_banks,
+    load_embedded,
+    read_table,
+    stratified_split,
+)
 from fedrisk.privacy.ledger import EgressLedger
 
 MANIFEST = "banks.json"
@@ -58,13 +67,18 @@ class Bank:
 
 @dataclass(frozen=True)
 class BankSource:
-    """Where one bank's data, contract and state live."""
+    """Where one bank's data, contract and state live.
+
+    ``embedded`` names an embedded dataset whose partition ``bank_id`` is this bank's
+    data (``flwr run .`` without a ``data-dir``); otherwise the bank reads ``data_path``.
+    """
 
     bank_id: str
-    data_path: Path
-    contract_path: Path
+    data_path: Path | None
+    contract_path: Path | None
     state_dir: Path
     signing_key: Path | None = None
+    embedded: str | None = None
 
 
 def resolve_source(node_config: dict, config: RunConfig) -> BankSource:
@@ -76,6 +90,11 @@ def resolve_source(node_config: dict, config: RunConfig) -> BankSource:
         return BankSource(bank_id, Path(str(node_config["data-path"])),
                           Path(str(node_config["contract-path"])), Path(str(state)),
                           Path(str(key)) if key else None)
+    if not config.data_dir:
+        banks = list(embedded_banks(config.dataset, seed=config.seed))
+        bank_id = banks[int(node_config["partition-id"]) % len(banks)]
+        return BankSource(bank_id, None, None, config.state_root / bank_id,
+                          embedded=config.dataset)
     manifest_path = Path(config.data_dir) / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     entry = manifest["banks"][int(node_config["partition-id"])]
@@ -90,9 +109,13 @@ def load_bank(source: BankSource, config: RunConfig) -> Bank:
     Raises :class:`DataError` (one line) when the table fails the contract, so a bank
     with bad data refuses to join before anything is sent.
     """
-    contract = Contract.load(source.contract_path)
-    table = read_table(source.data_path)
-    report = check_table(table, contract, source=str(source.data_path))
+    if source.embedded:
+        table = embedded_banks(source.embedded, seed=config.seed)[source.bank_id]
+        contract = load_embedded(source.embedded)[1]
+    else:
+        contract = Contract.load(source.contract_path)
+        table = read_table(source.data_path)
+    report = check_table(table, contract, source=str(source.data_path or source.bank_id))
     if not report.ok:
         raise DataError(f"bank '{source.bank_id}' refuses to join: {report.errors[0]}")
     train, test = stratified_split(table, contract, config.test_fraction, config.seed)

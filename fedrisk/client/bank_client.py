@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 
 import numpy as np
 from flwr.client import NumPyClient
@@ -12,7 +13,7 @@ from flwr.common import NDArrays, Scalar, ndarray_to_bytes
 from fedrisk.client.bank import Bank
 from fedrisk.client.training import TrainingSettings, predict_logits, train_locally
 from fedrisk.config import RunConfig
-from fedrisk.models import ModelSpec, build_model, model_arrays, set_model_arrays
+from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
 from fedrisk.models.metrics import discrimination_metrics, score_histograms
 from fedrisk.privacy.accounting import (
     DPSchedule,
@@ -57,7 +58,7 @@ class BankClient(NumPyClient):
         server_round = int(config["server-round"])
         model = build_model(self.spec, self.config.seed)
         set_model_arrays(model, parameters)
-        schedule = self._charge_round(server_round) if self.config.dp else None
+        schedule = self._charge(server_round) if self.config.dp else None
         result = train_locally(model, self.bank.train_features, self.bank.train_labels,
                                self._settings(), schedule,
                                seed=self.config.seed * 10_007 + server_round)
@@ -74,7 +75,12 @@ class BankClient(NumPyClient):
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[
             float, int, dict[str, Scalar]]:
-        """Score the held-out split; return loss, counts, metrics and score histograms."""
+        """Score the held-out split; return loss, counts, metrics and score histograms.
+
+        On the last round (config ``personalize``), the bank also fine-tunes the global
+        model on its own train split (DP, charged to its budget), keeps the personalized
+        model on its own disk and reports only its held-out AUC and Brier score.
+        """
         model = build_model(self.spec, self.config.seed)
         set_model_arrays(model, parameters)
         logits = predict_logits(model, self.bank.test_features)
@@ -88,7 +94,31 @@ class BankClient(NumPyClient):
         positive, negative = score_histograms(logits, labels)
         metrics |= {f"hist_pos_{i:03d}": int(c) for i, c in enumerate(positive)}
         metrics |= {f"hist_neg_{i:03d}": int(c) for i, c in enumerate(negative)}
+        if config.get("personalize") and self._personalization_epochs() > 0:
+            metrics |= self._personalize(model, int(config["server-round"]))
         return loss, len(labels), metrics
+
+    def _personalize(self, model, server_round: int) -> dict[str, Scalar]:
+        """DP fine-tuning of the global model on this bank's rows; the result stays here."""
+        cfg = self.config
+        schedule = self._charge(server_round, "personalize") if cfg.dp else None
+        settings = replace(self._settings(), local_epochs=cfg.personalization_epochs,
+                           proximal_mu=0.0)
+        train_locally(model, self.bank.train_features, self.bank.train_labels, settings,
+                      schedule, seed=cfg.seed * 10_007 + server_round + 1)
+        save_model(self.bank.state_dir / "personalized" / f"{self.run_id}.safetensors",
+                   self.spec, model_arrays(model))
+        probabilities = 1 / (1 + np.exp(-predict_logits(model, self.bank.test_features)))
+        quality = discrimination_metrics(probabilities, self.bank.test_labels)
+        metrics: dict[str, Scalar] = {"personalized_auc": quality["auc"],
+                                      "personalized_brier": quality["brier"]}
+        if schedule is not None:
+            ledger = self.bank.ledger
+            metrics["epsilon"] = compose_epsilon(ledger.privacy_history(self.run_id),
+                                                 cfg.target_delta, cfg.accountant)
+            metrics["epsilon_lifetime"] = compose_epsilon(ledger.privacy_history(None),
+                                                          cfg.target_delta, cfg.accountant)
+        return metrics
 
     def _settings(self) -> TrainingSettings:
         mu = self.config.fedprox_mu if self.config.strategy == "fedprox" else 0.0
@@ -96,30 +126,47 @@ class BankClient(NumPyClient):
                                 self.config.learning_rate, self.config.momentum,
                                 self.config.max_grad_norm, mu)
 
-    def _charge_round(self, server_round: int) -> DPSchedule:
-        """Plan this round's DP-SGD, refuse if over budget, and record the spend first."""
+    def _plan(self) -> DPSchedule:
+        """Plan the run: σ meets the budget over all rounds plus personalization."""
         cfg, ledger = self.config, self.bank.ledger
-        other_runs = [h for h in _history_by_run(ledger, exclude=self.run_id)]
-        prior = other_runs if cfg.privacy_budget_scope == "dataset" else []
+        prior = (_history_by_run(ledger, exclude=self.run_id)
+                 if cfg.privacy_budget_scope == "dataset" else [])
+        return plan_schedule(self.bank.n_train, cfg.batch_size, cfg.local_epochs,
+                             cfg.num_server_rounds, cfg.target_epsilon, cfg.target_delta, prior,
+                             cfg.accountant, personalization_epochs=self._personalization_epochs())
+
+    def _personalization_epochs(self) -> int:
+        return self.config.personalization_epochs if self.config.personalization != "none" else 0
+
+    def _charge(self, server_round: int, phase: str = "train") -> DPSchedule:
+        """Plan the phase's DP-SGD, refuse if over budget, and record the spend first.
+
+        ``phase`` is ``"train"`` (one federated round) or ``"personalize"`` (the
+        bank-local fine-tuning after the last round).
+        """
+        cfg, ledger = self.config, self.bank.ledger
         try:
-            schedule = plan_schedule(self.bank.n_train, cfg.batch_size, cfg.local_epochs,
-                                     cfg.num_server_rounds, cfg.target_epsilon,
-                                     cfg.target_delta, prior, cfg.accountant)
-            this_run = ledger.privacy_history(self.run_id)
-            check_budget([*prior, *this_run], schedule, cfg.target_epsilon, cfg.target_delta,
-                         cfg.accountant)
+            schedule = self._plan()
+            steps = schedule.steps_per_round if phase == "train" else schedule.personalization_steps
+            prior = (_history_by_run(ledger, exclude=self.run_id)
+                     if cfg.privacy_budget_scope == "dataset" else [])
+            check_budget([*prior, *ledger.privacy_history(self.run_id)], schedule,
+                         cfg.target_epsilon, cfg.target_delta, cfg.accountant, steps)
         except PrivacyBudgetExceeded as refusal:
             ledger.append("refusal", {"run_id": self.run_id, "round": server_round,
-                                      "reason": str(refusal)})
+                                      "phase": phase, "reason": str(refusal)})
             log.warning("bank %s refuses round %s: %s", self.bank.bank_id, server_round, refusal)
             raise
-        step = (schedule.noise_multiplier, schedule.sample_rate, schedule.steps_per_round)
+        if cfg.target_delta >= 1 / self.bank.n_train:
+            log.warning("bank %s: δ=%g is not below 1/n=%g; the guarantee is weak",
+                        self.bank.bank_id, cfg.target_delta, 1 / self.bank.n_train)
+        step = (schedule.noise_multiplier, schedule.sample_rate, steps)
         run_history = [*ledger.privacy_history(self.run_id), step]
         lifetime = [*ledger.privacy_history(None), step]
         ledger.append("privacy_spend", {
-            "run_id": self.run_id, "round": server_round,
+            "run_id": self.run_id, "round": server_round, "phase": phase,
             "noise_multiplier": schedule.noise_multiplier, "sample_rate": schedule.sample_rate,
-            "steps": schedule.steps_per_round, "max_grad_norm": cfg.max_grad_norm,
+            "steps": steps, "max_grad_norm": cfg.max_grad_norm,
             "delta": cfg.target_delta, "accountant": cfg.accountant,
             "epsilon": compose_epsilon(run_history, cfg.target_delta, cfg.accountant),
             "epsilon_lifetime": compose_epsilon(lifetime, cfg.target_delta, cfg.accountant),

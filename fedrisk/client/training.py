@@ -87,6 +87,7 @@ def train_locally(
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
                                 momentum=settings.momentum)
     anchor = [p.detach().clone() for p in model.parameters()]
+    model.train()
     engine = None
     with warnings.catch_warnings():
         # Opacus warns that its (torchcsprng) secure RNG is off, see above; torch warns

@@ -32,13 +32,16 @@ class DPSchedule:
             (expected batch size / number of training records).
         steps_per_round: optimizer steps per round (local epochs × 1/sample_rate).
         noise_multiplier: std of the Gaussian noise divided by ``max_grad_norm``;
-            chosen so the planned rounds meet the target ε at the target δ.
+            chosen so the planned rounds (and personalization) meet the target ε at δ.
+        personalization_steps: steps of the bank-local fine-tuning after federation,
+            charged to the same budget (0 when personalization is off).
 
     """
 
     sample_rate: float
     steps_per_round: int
     noise_multiplier: float
+    personalization_steps: int = 0
 
 
 def steps_per_epoch(n_records: int, batch_size: int) -> int:
@@ -114,26 +117,28 @@ def plan_schedule(
     target_delta: float,
     prior_history: Sequence[tuple[float, float, int]] = (),
     accountant: str = "rdp",
+    personalization_epochs: int = 0,
 ) -> DPSchedule:
-    """Plan a bank's DP-SGD for a run so that all ``rounds`` together meet the target ε."""
+    """Plan a bank's DP-SGD for a run: all ``rounds`` plus personalization meet the target ε."""
     per_epoch = steps_per_epoch(n_records, batch_size)
     sample_rate = 1.0 / per_epoch
     steps_per_round = local_epochs * per_epoch
+    personalization_steps = personalization_epochs * per_epoch
     sigma = calibrate_noise_multiplier(
-        target_epsilon, target_delta, sample_rate, rounds * steps_per_round, prior_history,
-        accountant,
+        target_epsilon, target_delta, sample_rate,
+        rounds * steps_per_round + personalization_steps, prior_history, accountant,
     )
-    return DPSchedule(sample_rate, steps_per_round, sigma)
+    return DPSchedule(sample_rate, steps_per_round, sigma, personalization_steps)
 
 
 def check_budget(history: History, schedule: DPSchedule, target_epsilon: float,
-                 target_delta: float, accountant: str = "rdp") -> float:
-    """Return ε after one more round of ``schedule``; raise if that exceeds ``target_epsilon``.
+                 target_delta: float, accountant: str = "rdp", steps: int | None = None) -> float:
+    """Return ε after ``steps`` more steps (default: one round); raise if over ``target_epsilon``.
 
     Called before every round, so a bank refuses to train instead of overspending.
     """
-    planned = [*history, (schedule.noise_multiplier, schedule.sample_rate,
-                          schedule.steps_per_round)]
+    steps = schedule.steps_per_round if steps is None else steps
+    planned = [*history, (schedule.noise_multiplier, schedule.sample_rate, steps)]
     epsilon_after = compose_epsilon(planned, target_delta, accountant)
     if epsilon_after > target_epsilon * (1 + 1e-9):
         spent = compose_epsilon(history, target_delta, accountant)

@@ -30,7 +30,8 @@ FIT_METRICS = frozenset({
     "bank_id", "n_train", "train_loss", "dp", "epsilon", "epsilon_lifetime", "delta",
     "noise_multiplier", "sample_rate", "steps", "ledger_head",
 })
-EVALUATE_METRICS = frozenset({"bank_id", "n_test", "auc", "brier", "ks"})
+EVALUATE_METRICS = frozenset({"bank_id", "n_test", "auc", "brier", "ks", "personalized_auc",
+                              "personalized_brier", "epsilon", "epsilon_lifetime"})
 HISTOGRAM_KEY = re.compile(r"hist_(pos|neg)_(\d{3})")
 STATUS_MESSAGES = frozenset({"", "Success"})
 MAX_SECAGG_BYTES = 4096  # a public key or an encrypted key share is a few hundred bytes

@@ -28,7 +28,8 @@ from fedrisk.models.metrics import HISTOGRAM_BINS, histogram_auc  # noqa: E402
 SCHEMA_VERSION = 1
 FIT_KEYS = ("n_train", "epsilon", "epsilon_lifetime", "delta", "noise_multiplier",
             "sample_rate", "steps", "train_loss", "ledger_head")
-EVAL_KEYS = ("n_test", "auc", "brier", "ks")
+EVAL_KEYS = ("n_test", "auc", "brier", "ks", "personalized_auc", "personalized_brier",
+             "epsilon", "epsilon_lifetime")
 
 
 class RunRecorder:

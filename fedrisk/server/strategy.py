@@ -110,7 +110,9 @@ def make_strategy(config: RunConfig) -> Callable[[Parameters], Strategy]:
         "min_evaluate_clients": config.min_banks,
         "min_available_clients": config.min_banks,
         "on_fit_config_fn": _round_config,
-        "on_evaluate_config_fn": _round_config,
+        "on_evaluate_config_fn": lambda server_round: _round_config(server_round) | {
+            "personalize": server_round == config.num_server_rounds
+            and config.personalization != "none"},
         "accept_failures": True,
         # Per-bank metrics are recorded by the run recorder, not averaged away here.
         "fit_metrics_aggregation_fn": _no_metrics,
