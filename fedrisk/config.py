@@ -68,7 +68,7 @@ class RunConfig:
     accountant: str = "rdp"
     privacy_budget_scope: str = "run"
     personalization: str = "finetune"
-    personalization_epochs: int = 2
+    personalization_epochs: int = 1
     bank_state_dir: str = ""
     secure_aggregation: bool = True
     secagg_num_shares: float = 1.0
