@@ -34,7 +34,8 @@ class RunConfig:
         accountant: Opacus accountant used for calibration and reporting.
         personalization: ``"finetune"``: after the last round each bank fine-tunes the
             global model on its own rows for ``personalization_epochs`` (DP, charged to the
-            same budget; the personalized model never leaves the bank); ``"none"``.
+            same budget; the personalized model never leaves the bank) with the smaller
+            ``personalization_learning_rate``; ``"none"``.
         secure_aggregation: Flower SecAgg+; the coordinator sees only the sum of updates.
         secagg_num_shares / secagg_reconstruction_threshold: SecAgg+ secret sharing; a
             value ≤ 1 is a fraction of the sampled banks (1.0 = every bank holds a share),
@@ -69,6 +70,7 @@ class RunConfig:
     privacy_budget_scope: str = "run"
     personalization: str = "finetune"
     personalization_epochs: int = 1
+    personalization_learning_rate: float = 0.1
     bank_state_dir: str = ""
     secure_aggregation: bool = True
     secagg_num_shares: float = 1.0
@@ -122,6 +124,8 @@ class RunConfig:
         _require(self.personalization in PERSONALIZATION, "personalization",
                  f"must be one of {', '.join(PERSONALIZATION)}")
         _require(self.personalization_epochs >= 1, "personalization-epochs", "must be at least 1")
+        _require(self.personalization_learning_rate > 0, "personalization-learning-rate",
+                 "must be positive")
         _require(self.privacy_budget_scope in BUDGET_SCOPES, "privacy-budget-scope",
                  "must be run or dataset")
         _require(self.secagg_num_shares > 0, "secagg-num-shares", "must be positive")

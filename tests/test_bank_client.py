@@ -78,3 +78,19 @@ def test_personalization_is_charged_to_the_same_budget_and_stays_at_the_bank(ban
     assert (bank.state_dir / "personalized" / "10.safetensors").exists()
     phases = [e.body["phase"] for e in bank.ledger.entries() if e.kind == "privacy_spend"]
     assert phases == ["train", "train", "personalize"]
+
+
+def test_the_grade_head_learns_the_risk_grade_with_dp(bank):
+    bank, config = bank
+    client = BankClient(bank, config, run_id=11)
+    weights = client.get_parameters({})
+    assert client.spec.n_grades == 35  # lending_club sub_grade A1..G5
+    update, _, fit_metrics = client.fit(weights, {"server-round": 1})
+    trained = [w + u for w, u in zip(weights, update, strict=True)]
+    _, _, metrics = client.evaluate(trained, {"server-round": 1})
+    _, _, untrained = client.evaluate(weights, {"server-round": 1})
+    assert fit_metrics["n_grades"] == 35
+    # one DP round at ε ≤ 1 on one bank: clearly learned, not yet good
+    assert metrics["grade_spearman"] > max(0.3, untrained["grade_spearman"] + 0.2)
+    assert 0 <= metrics["grade_within_one"] <= 1
+    assert any(key.startswith("grade_acc_") for key in metrics)

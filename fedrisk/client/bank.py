@@ -44,6 +44,7 @@ class Bank:
         train_features / train_labels: encoded train split (private).
         test_features / test_labels: encoded held-out split, never trained on (private).
         fingerprint: SHA-256 of the bank's table; keys its lifetime privacy budget.
+        train_grades / test_grades: grade indices when the contract names a grade column.
         state_dir: the bank's own directory for its ledger and keys.
         ledger: the bank's signed egress and privacy ledger for this data.
 
@@ -58,6 +59,8 @@ class Bank:
     fingerprint: str
     state_dir: Path
     ledger: EgressLedger
+    train_grades: np.ndarray | None = None
+    test_grades: np.ndarray | None = None
 
     @property
     def n_train(self) -> int:
@@ -127,6 +130,8 @@ def load_bank(source: BankSource, config: RunConfig) -> Bank:
         train_features=contract.encode(train), train_labels=contract.labels(train),
         test_features=contract.encode(test), test_labels=contract.labels(test),
         fingerprint=fingerprint, state_dir=source.state_dir, ledger=ledger,
+        train_grades=contract.grades(train) if contract.grade else None,
+        test_grades=contract.grades(test) if contract.grade else None,
     )
 
 

@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 
 import numpy as np
+import torch
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar, ndarray_to_bytes
 
@@ -14,7 +15,7 @@ from fedrisk.client.bank import Bank
 from fedrisk.client.training import TrainingSettings, predict_logits, train_locally
 from fedrisk.config import RunConfig
 from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
-from fedrisk.models.metrics import discrimination_metrics, score_histograms
+from fedrisk.models.metrics import discrimination_metrics, grade_metrics, score_histograms
 from fedrisk.privacy.accounting import (
     DPSchedule,
     PrivacyBudgetExceeded,
@@ -28,8 +29,9 @@ log = logging.getLogger("fedrisk.bank")
 
 def model_spec_for(bank: Bank, config: RunConfig) -> ModelSpec:
     """The agreed model architecture over this contract's encoding."""
+    n_grades = len(bank.contract.grade_levels) if bank.contract.grade else 0
     return ModelSpec(config.model, bank.contract.n_features, config.hidden_layers,
-                     bank.contract.prior_default_rate)
+                     bank.contract.prior_default_rate, n_grades)
 
 
 class BankClient(NumPyClient):
@@ -61,7 +63,8 @@ class BankClient(NumPyClient):
         schedule = self._charge(server_round) if self.config.dp else None
         result = train_locally(model, self.bank.train_features, self.bank.train_labels,
                                self._settings(), schedule,
-                               seed=self.config.seed * 10_007 + server_round)
+                               seed=self.config.seed * 10_007 + server_round,
+                               grades=self.bank.train_grades)
         if schedule is not None and result.history[-1][2] != schedule.steps_per_round:
             raise RuntimeError("DP-SGD took a different number of steps than it was charged")
         update = [local - np.asarray(glob, dtype=np.float32) for local, glob in zip(
@@ -94,6 +97,8 @@ class BankClient(NumPyClient):
         positive, negative = score_histograms(logits, labels)
         metrics |= {f"hist_pos_{i:03d}": int(c) for i, c in enumerate(positive)}
         metrics |= {f"hist_neg_{i:03d}": int(c) for i, c in enumerate(negative)}
+        if self.bank.test_grades is not None:
+            metrics |= self._grade_quality(model)
         if config.get("personalize") and self._personalization_epochs() > 0:
             metrics |= self._personalize(model, int(config["server-round"]))
         return loss, len(labels), metrics
@@ -103,9 +108,10 @@ class BankClient(NumPyClient):
         cfg = self.config
         schedule = self._charge(server_round, "personalize") if cfg.dp else None
         settings = replace(self._settings(), local_epochs=cfg.personalization_epochs,
-                           proximal_mu=0.0)
+                           learning_rate=cfg.personalization_learning_rate, proximal_mu=0.0)
         train_locally(model, self.bank.train_features, self.bank.train_labels, settings,
-                      schedule, seed=cfg.seed * 10_007 + server_round + 1)
+                      schedule, seed=cfg.seed * 10_007 + server_round + 1,
+                      grades=self.bank.train_grades)
         save_model(self.bank.state_dir / "personalized" / f"{self.run_id}.safetensors",
                    self.spec, model_arrays(model))
         probabilities = 1 / (1 + np.exp(-predict_logits(model, self.bank.test_features)))
@@ -119,6 +125,13 @@ class BankClient(NumPyClient):
             metrics["epsilon_lifetime"] = compose_epsilon(ledger.privacy_history(None),
                                                           cfg.target_delta, cfg.accountant)
         return metrics
+
+    def _grade_quality(self, model) -> dict[str, Scalar]:
+        """Rank correlation and per-grade accuracy of the grade head on held-out rows."""
+        with torch.no_grad():
+            model.eval()
+            _, scores = model(torch.from_numpy(self.bank.test_features), with_grade=True)
+        return grade_metrics(scores.numpy(), self.bank.test_grades, self.spec.n_grades)
 
     def _settings(self) -> TrainingSettings:
         mu = self.config.fedprox_mu if self.config.strategy == "fedprox" else 0.0
@@ -175,7 +188,8 @@ class BankClient(NumPyClient):
 
     def _fit_metrics(self, mean_loss: float, schedule: DPSchedule | None) -> dict[str, Scalar]:
         metrics: dict[str, Scalar] = {"bank_id": self.bank.bank_id, "n_train": self.bank.n_train,
-                                      "train_loss": mean_loss, "dp": schedule is not None}
+                                      "train_loss": mean_loss, "dp": schedule is not None,
+                                      "n_grades": self.spec.n_grades}
         if schedule is None:
             return metrics
         cfg, ledger = self.config, self.bank.ledger

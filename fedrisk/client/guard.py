@@ -55,9 +55,10 @@ def egress_guard_mod(msg: Message, context: Context, call_next: ClientAppCallabl
 
 
 def _policy(bank: Bank, config: RunConfig) -> EgressPolicy:
-    shapes = tuple(tuple(t.shape) for t in build_model(model_spec_for(bank, config))
-                   .state_dict().values())
-    return EgressPolicy(bank.bank_id, shapes, HISTOGRAM_BINS, ledger_head=bank.ledger.head_hash)
+    spec = model_spec_for(bank, config)
+    shapes = tuple(tuple(t.shape) for t in build_model(spec).state_dict().values())
+    return EgressPolicy(bank.bank_id, shapes, HISTOGRAM_BINS, ledger_head=bank.ledger.head_hash,
+                        n_grades=spec.n_grades)
 
 
 def _secagg_stage(msg: Message) -> str | None:

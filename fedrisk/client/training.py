@@ -64,8 +64,14 @@ def train_locally(
     settings: TrainingSettings,
     schedule: DPSchedule | None,
     seed: int,
+    grades: np.ndarray | None = None,
 ) -> TrainingResult:
     """Train ``model`` in place on one bank's records.
+
+    With ``grades`` (grade index per record, -1 unknown) and a model with a grade head,
+    the PD loss and the grade loss (squared error on the 0-1 grade scale) are trained
+    jointly; each record's *combined* gradient is clipped, so the DP guarantee covers
+    both heads at once.
 
     With a ``schedule``, trains with DP-SGD: each step samples every record
     independently with probability ``schedule.sample_rate``, clips each record's
@@ -81,7 +87,10 @@ def train_locally(
     makes non-private training reproducible.
     """
     torch.manual_seed(secrets.randbits(63) if schedule is not None else seed)
-    dataset = TensorDataset(torch.from_numpy(features), torch.from_numpy(labels))
+    targets = [torch.from_numpy(features), torch.from_numpy(labels)]
+    if grades is not None:
+        targets.append(torch.from_numpy(grade_targets(grades, model.spec.n_grades)))
+    dataset = TensorDataset(*targets)
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
@@ -113,11 +122,9 @@ def _run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Data
     model.train()
     steps, total_loss = 0, 0.0
     for _ in range(settings.local_epochs):
-        for batch_features, batch_labels in loader:
+        for batch in loader:
             optimizer.zero_grad()
-            logits = model(batch_features)
-            # An empty Poisson batch is still a DP step: the optimizer then adds pure noise.
-            loss = criterion(logits, batch_labels) if len(batch_labels) else logits.sum()
+            loss = _batch_loss(model, batch, criterion)
             loss.backward()
             optimizer.step()
             if settings.proximal_mu > 0:
@@ -125,6 +132,25 @@ def _run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Data
             steps += 1
             total_loss += float(loss.detach())
     return steps, total_loss
+
+
+def _batch_loss(model: nn.Module, batch: list[torch.Tensor], criterion: nn.Module
+                ) -> torch.Tensor:
+    if len(batch) == 3:
+        logits, scores = model(batch[0], with_grade=True)
+        known = (batch[2] >= 0).float()
+        grade_loss = (known * (scores - batch[2].clamp(min=0)) ** 2).mean()
+    else:
+        logits, grade_loss = model(batch[0]), 0.0
+    if len(batch[1]) == 0:
+        # An empty Poisson batch is still a DP step: the optimizer then adds pure noise.
+        return logits.sum() + (scores.sum() if len(batch) == 3 else 0.0)
+    return criterion(logits, batch[1]) + grade_loss
+
+
+def grade_targets(grades: np.ndarray, n_grades: int) -> np.ndarray:
+    """Grade indices mapped to the 0 (best) … 1 (worst) scale; unknown grades stay -1."""
+    return np.where(grades >= 0, grades / (n_grades - 1), -1.0).astype(np.float32)
 
 
 @torch.no_grad()

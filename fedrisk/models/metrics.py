@@ -9,6 +9,7 @@ histograms gives the pooled AUC up to ties within a bin.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import spearmanr
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 HISTOGRAM_BINS = 256
@@ -52,3 +53,24 @@ def discrimination_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dic
         "brier": float(brier_score_loss(labels, probabilities)),
         "ks": ks_statistic(probabilities, labels),
     }
+
+
+def grade_metrics(scores: np.ndarray, grades: np.ndarray, n_grades: int) -> dict[str, float]:
+    """Quality of grade scores (0 best … 1 worst) against true grade indices (-1 = unknown).
+
+    Returns the Spearman rank correlation, exact accuracy, accuracy within one grade,
+    and ``grade_acc_NN``: the exact accuracy among rows whose true grade is level NN.
+    """
+    known = grades >= 0
+    scores, grades = scores[known], grades[known]
+    if len(grades) < 2:
+        return {}
+    predicted = np.clip(np.rint(scores * (n_grades - 1)), 0, n_grades - 1).astype(np.int64)
+    metrics = {
+        "grade_spearman": float(spearmanr(scores, grades).statistic),
+        "grade_accuracy": float(np.mean(predicted == grades)),
+        "grade_within_one": float(np.mean(np.abs(predicted - grades) <= 1)),
+    }
+    for level in np.unique(grades):
+        metrics[f"grade_acc_{level:02d}"] = float(np.mean(predicted[grades == level] == level))
+    return metrics

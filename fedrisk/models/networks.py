@@ -28,6 +28,9 @@ class ModelSpec:
         hidden_units: sizes of the hidden layers (ignored for ``"logistic"``).
         prior_default_rate: public prior of default; the output bias starts at its
             log-odds, so training starts from the base rate instead of 50%.
+        n_grades: number of ordinal risk grades of the contract's grade column; when
+            positive, a second head on the shared body scores the grade (0 = best,
+            1 = worst, an ordinal regression). 0: PD head only.
 
     """
 
@@ -35,6 +38,7 @@ class ModelSpec:
     n_features: int
     hidden_units: tuple[int, ...] = (64,)
     prior_default_rate: float = 0.5
+    n_grades: int = 0
 
     def __post_init__(self) -> None:
         """Reject unknown model kinds and non-positive sizes early."""
@@ -44,6 +48,8 @@ class ModelSpec:
             raise ValueError("model sizes must be positive")
         if not 0 < self.prior_default_rate < 1:
             raise ValueError("prior_default_rate must be between 0 and 1")
+        if self.n_grades < 0 or self.n_grades == 1:
+            raise ValueError("n_grades must be 0 (no grade head) or at least 2")
 
     def to_dict(self) -> dict:
         """Serialize to plain JSON types."""
@@ -53,15 +59,21 @@ class ModelSpec:
     def from_dict(cls, data: dict) -> ModelSpec:
         """Rebuild from :meth:`to_dict` output."""
         return cls(data["kind"], int(data["n_features"]), tuple(data.get("hidden_units", ())),
-                   float(data.get("prior_default_rate", 0.5)))
+                   float(data.get("prior_default_rate", 0.5)), int(data.get("n_grades", 0)))
 
 
 class PDNetwork(nn.Module):
-    """A feed-forward network returning the logit of default for each row."""
+    """A feed-forward network returning the logit of default for each row.
+
+    With ``spec.n_grades``, a grade head shares the body: one network, two heads,
+    trained jointly, so the risk grade and the PD are consistent views of one
+    representation.
+    """
 
     def __init__(self, spec: ModelSpec) -> None:
         """Build layers from ``spec``."""
         super().__init__()
+        self.spec = spec
         widths = [spec.n_features] if spec.kind == "logistic" else [
             spec.n_features, *spec.hidden_units
         ]
@@ -70,13 +82,22 @@ class PDNetwork(nn.Module):
             layers += [nn.Linear(width_in, width_out), nn.ReLU()]
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(widths[-1], 1)
+        self.grade_head = nn.Linear(widths[-1], 1) if spec.n_grades else None
         with torch.no_grad():
             rate = spec.prior_default_rate
             self.head.bias.fill_(float(np.log(rate / (1 - rate))))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Return logits of shape ``(batch,)``."""
-        return self.head(self.body(features)).squeeze(-1)
+    def forward(self, features: torch.Tensor, with_grade: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Return PD logits ``(batch,)``; with ``with_grade``, also grade scores ``(batch,)``.
+
+        A grade score is the predicted position on the grade scale, 0 (best) to 1 (worst).
+        """
+        hidden = self.body(features)
+        logits = self.head(hidden).squeeze(-1)
+        if not with_grade:
+            return logits
+        return logits, self.grade_head(hidden).squeeze(-1)
 
 
 def build_model(spec: ModelSpec, seed: int = 0) -> PDNetwork:

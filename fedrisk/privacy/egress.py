@@ -28,11 +28,13 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 FIT_METRICS = frozenset({
     "bank_id", "n_train", "train_loss", "dp", "epsilon", "epsilon_lifetime", "delta",
-    "noise_multiplier", "sample_rate", "steps", "ledger_head",
+    "noise_multiplier", "sample_rate", "steps", "ledger_head", "n_grades",
 })
 EVALUATE_METRICS = frozenset({"bank_id", "n_test", "auc", "brier", "ks", "personalized_auc",
                               "personalized_brier", "epsilon", "epsilon_lifetime"})
 HISTOGRAM_KEY = re.compile(r"hist_(pos|neg)_(\d{3})")
+GRADE_METRICS = frozenset({"grade_spearman", "grade_accuracy", "grade_within_one"})
+GRADE_LEVEL_KEY = re.compile(r"grade_acc_(\d{2})")
 STATUS_MESSAGES = frozenset({"", "Success"})
 MAX_SECAGG_BYTES = 4096  # a public key or an encrypted key share is a few hundred bytes
 
@@ -55,6 +57,7 @@ class EgressPolicy:
     histogram_bins: int
     max_banks: int = 1000
     ledger_head: str | None = None
+    n_grades: int = 0
 
 
 def inspect_reply(content: RecordDict, message_type: str, secagg_stage: str | None,
@@ -229,10 +232,16 @@ def _check_metric(key: str, value: object, allowed: frozenset[str], policy: Egre
         in_range = int(histogram.group(2)) < policy.histogram_bins
         is_count = isinstance(value, int) and not isinstance(value, bool) and value >= 0
         return [] if in_range and is_count else [f"{name}: histogram bin '{key}' is invalid"]
+    if allowed is EVALUATE_METRICS and policy.n_grades:
+        level = GRADE_LEVEL_KEY.fullmatch(key)
+        if key in GRADE_METRICS or (level and int(level.group(1)) < policy.n_grades):
+            return [] if isinstance(value, float) else [f"{name}: '{key}' must be a number"]
     if key not in allowed:
         return [f"{name}: metric '{key}' is not on the allowlist"]
     if key == "bank_id":
         return [] if value == policy.bank_id else [f"{name}: bank_id is not this bank's id"]
+    if key == "n_grades":
+        return [] if value == policy.n_grades else [f"{name}: n_grades is not the contract's"]
     if key == "ledger_head":
         return [] if value == policy.ledger_head else [f"{name}: ledger_head is not the "
                                                        "bank's ledger head"]

@@ -29,7 +29,8 @@ SCHEMA_VERSION = 1
 FIT_KEYS = ("n_train", "epsilon", "epsilon_lifetime", "delta", "noise_multiplier",
             "sample_rate", "steps", "train_loss", "ledger_head")
 EVAL_KEYS = ("n_test", "auc", "brier", "ks", "personalized_auc", "personalized_brier",
-             "epsilon", "epsilon_lifetime")
+             "epsilon", "epsilon_lifetime", "grade_spearman", "grade_accuracy",
+             "grade_within_one")
 
 
 class RunRecorder:
@@ -46,11 +47,13 @@ class RunRecorder:
         self._failures: dict[int, list[str]] = {}
         self._trained: dict[int, int] = {}
         self._received: dict[int, list[str]] = {}
+        self.n_grades = 0  # grade levels of the contract, as the banks report it
 
     def on_fit(self, server_round: int, results: list, failures: list) -> None:
         """Record each bank's training scalars (ε, counts) and each failure's reason."""
         for _, res in results:
             metrics = dict(res.metrics)
+            self.n_grades = int(metrics.get("n_grades", self.n_grades))
             bank = self.banks.setdefault(str(metrics["bank_id"]), {"rounds_joined": 0})
             bank["rounds_joined"] += 1
             bank.update({k: metrics[k] for k in FIT_KEYS if k in metrics})
@@ -73,6 +76,10 @@ class RunRecorder:
             metrics = dict(res.metrics)
             bank = self.banks.setdefault(str(metrics["bank_id"]), {"rounds_joined": 0})
             bank.update({k: metrics[k] for k in EVAL_KEYS if k in metrics})
+            by_level = {k[len("grade_acc_"):]: v for k, v in metrics.items()
+                        if k.startswith("grade_acc_")}
+            if by_level:
+                bank["grade_accuracy_by_level"] = dict(sorted(by_level.items()))
             positive += [int(metrics[f"hist_pos_{i:03d}"]) for i in range(HISTOGRAM_BINS)]
             negative += [int(metrics[f"hist_neg_{i:03d}"]) for i in range(HISTOGRAM_BINS)]
             brier_sum += float(metrics["brier"]) * int(metrics["n_test"])
@@ -104,7 +111,8 @@ class RunRecorder:
         """Write metrics.json, the final model and the training plot; return the metrics."""
         output_dir.mkdir(parents=True, exist_ok=True)
         arrays = parameters_to_ndarrays(parameters)
-        spec = ModelSpec(self.config.model, int(arrays[0].shape[1]), self.config.hidden_layers)
+        spec = ModelSpec(self.config.model, int(arrays[0].shape[1]), self.config.hidden_layers,
+                         n_grades=self.n_grades)
         names = _parameter_names(spec)
         save_model(output_dir / "model.safetensors", spec, dict(zip(names, arrays, strict=True)))
         metrics = self.metrics(spec)
