@@ -61,6 +61,7 @@ class RunConfig:
     local_epochs: int = 2
     batch_size: int = 256
     learning_rate: float = 1.0
+    learning_rate_no_dp: float = 0.3
     momentum: float = 0.9
     dp: bool = True
     target_epsilon: float = 3.0
@@ -80,6 +81,15 @@ class RunConfig:
     secagg_quantization_range: int = 4194304
     secagg_timeout: float = 0.0
     output_dir: str = "runs/latest"
+
+    def learning_rate_for(self, private: bool) -> float:
+        """SGD learning rate of DP-SGD (``learning-rate``) or of non-private training.
+
+        Their best values differ: DP-SGD averages clipped, noised gradients and wants
+        larger steps; non-private baselines (``--no-dp``, the centralized reference)
+        use ``learning-rate-no-dp`` so that they are not handicapped by DP's setting.
+        """
+        return self.learning_rate if private else self.learning_rate_no_dp
 
     @property
     def hidden_layers(self) -> tuple[int, ...]:
@@ -115,6 +125,7 @@ class RunConfig:
         _require(self.local_epochs >= 1, "local-epochs", "must be at least 1")
         _require(self.batch_size >= 1, "batch-size", "must be at least 1")
         _require(self.learning_rate > 0, "learning-rate", "must be positive")
+        _require(self.learning_rate_no_dp > 0, "learning-rate-no-dp", "must be positive")
         _require(0 < self.test_fraction < 1, "test-fraction", "must be between 0 and 1")
         _require(0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]")
         _require(self.min_banks >= 1, "min-banks", "must be at least 1")

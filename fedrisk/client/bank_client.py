@@ -136,7 +136,8 @@ class BankClient(NumPyClient):
     def _settings(self) -> TrainingSettings:
         mu = self.config.fedprox_mu if self.config.strategy == "fedprox" else 0.0
         return TrainingSettings(self.config.local_epochs, self.config.batch_size,
-                                self.config.learning_rate, self.config.momentum,
+                                self.config.learning_rate_for(self.config.dp),
+                                self.config.momentum,
                                 self.config.max_grad_norm, mu)
 
     def _plan(self) -> DPSchedule:

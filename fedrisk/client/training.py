@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -126,6 +127,10 @@ def _run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Data
             optimizer.zero_grad()
             loss = _batch_loss(model, batch, criterion)
             loss.backward()
+            if not isinstance(optimizer, DPOptimizer):
+                # Non-private baselines clip the batch gradient to the same norm, for
+                # stability at the DP learning rate (no privacy meaning).
+                nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             optimizer.step()
             if settings.proximal_mu > 0:
                 _proximal_step(model, anchor, settings.learning_rate * settings.proximal_mu)

@@ -18,12 +18,13 @@ from fedrisk.models import ModelSpec, build_model
 from fedrisk.models.metrics import discrimination_metrics
 from fedrisk.privacy.accounting import plan_schedule
 
-Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # X_train, y_train, X_test, y_test
+# X_train, y_train, X_test, y_test, train grades (None without a grade column)
+Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 
-def _settings(config: RunConfig, epochs: int) -> TrainingSettings:
-    return TrainingSettings(epochs, config.batch_size, config.learning_rate, config.momentum,
-                            config.max_grad_norm)
+def _settings(config: RunConfig, epochs: int, private: bool) -> TrainingSettings:
+    return TrainingSettings(epochs, config.batch_size, config.learning_rate_for(private),
+                            config.momentum, config.max_grad_norm)
 
 
 def centralized_auc(splits: dict[str, Split], spec: ModelSpec, config: RunConfig) -> float:
@@ -32,16 +33,19 @@ def centralized_auc(splits: dict[str, Split], spec: ModelSpec, config: RunConfig
     y_train = np.concatenate([s[1] for s in splits.values()])
     x_test = np.concatenate([s[2] for s in splits.values()])
     y_test = np.concatenate([s[3] for s in splits.values()])
+    grades = (np.concatenate([s[4] for s in splits.values()])
+              if spec.n_grades else None)
     model = build_model(spec, config.seed)
     epochs = config.num_server_rounds * config.local_epochs
-    train_locally(model, x_train, y_train, _settings(config, epochs), None, config.seed)
+    train_locally(model, x_train, y_train, _settings(config, epochs, private=False), None,
+                  config.seed, grades=grades)
     probabilities = 1 / (1 + np.exp(-predict_logits(model, x_test)))
     return discrimination_metrics(probabilities, y_test)["auc"]
 
 
 def local_only_auc(split: Split, spec: ModelSpec, config: RunConfig) -> float:
     """Test AUC of a bank training alone, with DP at the run's budget unless ``dp`` is off."""
-    x_train, y_train, x_test, y_test = split
+    x_train, y_train, x_test, y_test, grades = split
     epochs = config.num_server_rounds * config.local_epochs
     schedule = None
     if config.dp:
@@ -49,6 +53,7 @@ def local_only_auc(split: Split, spec: ModelSpec, config: RunConfig) -> float:
                                  config.target_epsilon, config.target_delta,
                                  accountant=config.accountant)
     model = build_model(spec, config.seed)
-    train_locally(model, x_train, y_train, _settings(config, epochs), schedule, config.seed)
+    train_locally(model, x_train, y_train, _settings(config, epochs, private=config.dp),
+                  schedule, config.seed, grades=grades if spec.n_grades else None)
     probabilities = 1 / (1 + np.exp(-predict_logits(model, x_test)))
     return discrimination_metrics(probabilities, y_test)["auc"]

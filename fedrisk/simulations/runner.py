@@ -126,7 +126,8 @@ def bank_splits(banks: dict[str, pd.DataFrame], contract: Contract, config: RunC
     for bank_id, table in banks.items():
         train, test = stratified_split(table, contract, config.test_fraction, config.seed)
         splits[bank_id] = (contract.encode(train), contract.labels(train),
-                           contract.encode(test), contract.labels(test))
+                           contract.encode(test), contract.labels(test),
+                           contract.grades(train) if contract.grade else None)
     return splits
 
 
@@ -135,7 +136,8 @@ def _add_baselines(metrics: dict, banks: dict[str, pd.DataFrame], contract: Cont
     log.info("training baselines: centralized non-private and local-only per bank")
     splits = bank_splits(banks, contract, config)
     spec = ModelSpec(config.model, contract.n_features, config.hidden_layers,
-                     contract.prior_default_rate)
+                     contract.prior_default_rate,
+                     len(contract.grade_levels) if contract.grade else 0)
     local = {bank_id: local_only_auc(split, spec, config) for bank_id, split in splits.items()}
     for bank in metrics["banks"]:
         bank["local_only_auc"] = local.get(bank["id"])
