@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedrisk.client.training import TrainingSettings, train_locally  # noqa: E402
+from fedrisk.privacy.dpsgd import TrainingSettings, train_locally  # noqa: E402
 from fedrisk.config import RunConfig  # noqa: E402
 from fedrisk.data import embedded_banks, load_embedded, stratified_split  # noqa: E402
 from fedrisk.models import ModelSpec, build_model  # noqa: E402

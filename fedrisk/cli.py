@@ -19,7 +19,7 @@ app = typer.Typer(help="Privacy-preserving federated credit-risk modeling.", no_
                   pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Data contracts: draft, check and split bank tables.",
                        no_args_is_help=True)
-audit_app = typer.Typer(help="Verify ledgers of what left each bank.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify ledgers and audit finished runs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(audit_app, name="audit")
 # Piped output gets 100 columns, so that the per-bank table is not truncated.
@@ -165,6 +165,49 @@ def audit_verify(
             console.print(f"[red]FAIL[/red]  {result.path}: entry {result.first_bad_index}: "
                           f"{result.reason}", highlight=False)
     if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@audit_app.command("report")
+def audit_report(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run dir (metrics.json, model, "
+                                                 "data/, banks/).")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Where audit.json and audit.html go (default RUN_DIR/audit).")]
+    = None,
+    compare: Annotated[Path | None, typer.Option(
+        help="A second run on the same data (e.g. --no-dp) shown side by side.")] = None,
+    bank: Annotated[list[str] | None, typer.Option(
+        help="Audit only this bank (repeatable); default: every bank.")] = None,
+    references: Annotated[int, typer.Option(
+        help="Reference models per bank for RMIA/LiRA (complementary pairs).")] = 4,
+) -> None:
+    """Audit a finished run: measured privacy, DP implementation check, fairness, reasons, utility.
+
+    Exits 1 when a DP run fails (an empirical ε lower bound above its claim, or a failed
+    implementation check), so it can gate a release.
+    """
+    from fedrisk.audit import AuditError, AuditSettings, build_audit
+
+    output = output or run_dir / "audit"
+    try:
+        document = build_audit(run_dir, output, compare, bank,
+                               AuditSettings(n_reference=references))
+    except AuditError as error:
+        _fail(str(error))
+    for row in document["banks"]:
+        verdict = {None: "no DP claim", True: "passed", False: "[red]FAILED[/red]"}
+        eps = "-" if row["epsilon"] is None else f"{row['epsilon']:.3f}"
+        console.print(f"{row['id']:<16} ε {eps:>6}  MIA AUC {row['mia_auc']:.3f}  "
+                      f"TPR@1%FPR {row['tpr_at_1pct_fpr']:.3f}  "
+                      f"ε_LB {row['epsilon_lower_bound']:.2f}  "
+                      f"{verdict[row['audit_passed']]}", highlight=False)
+    check = document["implementation_check"]["passed"]
+    if check is not None:
+        console.print("implementation check: " + ("passed" if check else "[red]FAILED[/red] "
+                      "(see section 4 of audit.html)"), highlight=False)
+    console.print(f"wrote {output / 'audit.json'}, {output / 'audit.html'}", highlight=False)
+    if document["dp"] and not (document["audit_passed"] and check):
         raise typer.Exit(1)
 
 

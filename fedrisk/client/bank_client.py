@@ -12,7 +12,6 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar, ndarray_to_bytes
 
 from fedrisk.client.bank import Bank
-from fedrisk.client.training import TrainingSettings, predict_logits, train_locally
 from fedrisk.config import RunConfig
 from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
 from fedrisk.models.metrics import discrimination_metrics, grade_metrics, score_histograms
@@ -23,6 +22,7 @@ from fedrisk.privacy.accounting import (
     compose_epsilon,
     plan_schedule,
 )
+from fedrisk.privacy.dpsgd import TrainingSettings, predict_logits, train_locally
 
 log = logging.getLogger("fedrisk.bank")
 

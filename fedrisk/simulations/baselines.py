@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrisk.client.training import TrainingSettings, predict_logits, train_locally
 from fedrisk.config import RunConfig
 from fedrisk.models import ModelSpec, build_model
 from fedrisk.models.metrics import discrimination_metrics
 from fedrisk.privacy.accounting import plan_schedule
+from fedrisk.privacy.dpsgd import TrainingSettings, predict_logits, train_locally
 
 # X_train, y_train, X_test, y_test, train grades (None without a grade column)
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]

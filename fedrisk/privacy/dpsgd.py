@@ -1,7 +1,8 @@
-"""Local training of a bank: DP-SGD with Opacus (Poisson sampling, per-record clipping).
+"""DP-SGD of one bank with Opacus (Poisson sampling, per-record clipping, Gaussian noise).
 
-The same functions train the federated rounds, the local-only baselines and the
-centralized reference, so the comparison between them is like for like.
+The same functions train the federated rounds, the personalization phase, the
+local-only baselines, the centralized reference and the audit's reference models,
+so every comparison is like for like and the audit checks the mechanism banks run.
 """
 
 from __future__ import annotations
@@ -87,13 +88,15 @@ def train_locally(
     no build for current torch.) DP runs are therefore not bit-reproducible; ``seed``
     makes non-private training reproducible.
     """
-    torch.manual_seed(secrets.randbits(63) if schedule is not None else seed)
+    # Under DP every source of randomness is secret: sampling and noise.
+    randomness_seed = secrets.randbits(63) if schedule is not None else seed
+    torch.manual_seed(randomness_seed)
     targets = [torch.from_numpy(features), torch.from_numpy(labels)]
     if grades is not None:
         targets.append(torch.from_numpy(grade_targets(grades, model.spec.n_grades)))
     dataset = TensorDataset(*targets)
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=torch.Generator().manual_seed(randomness_seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
                                 momentum=settings.momentum)
     anchor = [p.detach().clone() for p in model.parameters()]

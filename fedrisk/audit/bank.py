@@ -1,0 +1,246 @@
+"""One bank's part of the audit, computed on its own host from its own rows and the final model.
+
+The part is plain JSON: metrics, curves thinned to a fixed grid, and additive
+statistics over groups and bins. It holds no row, no per-record score and no
+applicant's values, so a bank can hand it to the consortium report
+(:func:`fedrisk.audit.report.merge_bank_parts`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from fedrisk.data import Contract, stratified_split
+from fedrisk.models import ModelSpec, load_model
+from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch
+
+from .canary import check_accounting, check_training_path
+from .dp_spec import bank_dp_spec
+from .explanations import bank_explanations
+from .fairness import bank_fairness, operating_threshold
+from .mia import ReferenceSetup, audit_model, model_logits, reference_masks, train_references
+from .trainer import TrainFn, TrainPlan, bank_training_path
+from .utility import bank_utility
+
+DEFAULT_REFERENCES = 4
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What every bank knows about the run: its id, run config and the model architecture.
+
+    Attributes:
+        run_id: Flower run id (as in every ledger entry of the run).
+        config: the run config (metrics.json ``config``, run-config keys with ``-``).
+        spec: the agreed model architecture of the final model.
+
+    """
+
+    run_id: str
+    config: dict[str, Any]
+    spec: ModelSpec
+
+    @property
+    def dp(self) -> bool:
+        """Whether the run claimed record-level DP."""
+        return bool(self.config.get("dp", True))
+
+    def plan(self) -> TrainPlan:
+        """The run's local optimizer settings."""
+        c = self.config
+        rate = c.get("learning-rate", 1.0) if self.dp else c.get(
+            "learning-rate-no-dp", c.get("learning-rate", 1.0))
+        return TrainPlan(int(c.get("local-epochs", 2)), int(c.get("batch-size", 256)),
+                         float(rate), float(c.get("momentum", 0.9)),
+                         float(c.get("max-grad-norm", 1.0)))
+
+
+@dataclass
+class BankData:
+    """One bank's private inputs to its audit part (never leave the bank).
+
+    Attributes:
+        bank_id: the bank's public id.
+        table: the bank's own table (train and held-out rows, before the split).
+        contract: the consortium's data contract.
+        state_dir: the bank's state directory (``ledgers/``, ``personalized/``), if any.
+        reported: the bank's entry of metrics.json (what it told the coordinator), if any.
+
+    """
+
+    bank_id: str
+    table: pd.DataFrame
+    contract: Contract
+    state_dir: Path | None = None
+    reported: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Knobs of the audit itself (recorded in the report).
+
+    Attributes:
+        n_reference: reference models per bank (even: complementary pairs).
+        seed: seed of the reference splits and explanation samples (the references'
+            DP noise comes from the OS, as in the banks' training).
+        threshold: PD cut-off for approvals (default: :func:`operating_threshold`).
+        implementation_check: run the canary test of the DP path (DP runs only).
+
+    """
+
+    n_reference: int = DEFAULT_REFERENCES
+    seed: int = 0
+    threshold: float | None = None
+    implementation_check: bool = True
+
+
+def bank_audit(bank: BankData, model: nn.Module, run: RunFacts,
+               settings: AuditSettings | None = None, train_fn: TrainFn | None = None
+               ) -> dict[str, Any]:
+    """Audit the final model on one bank's own data: sections 2-7 for this bank.
+
+    Privacy meaning: everything that needs rows (membership inference, fairness,
+    explanations, utility) runs here; the returned part holds only aggregates.
+    """
+    settings = settings or AuditSettings()
+    train_fn = train_fn or bank_training_path()
+    started = time.monotonic()
+    config, contract = run.config, bank.contract
+    train, test = stratified_split(bank.table, contract, float(config.get("test-fraction", 0.2)),
+                                   int(config.get("seed", 0)))
+    split = _Split(contract, train, test, with_grades=run.spec.n_grades > 0)
+    fingerprint = contract.fingerprint(bank.table)
+    threshold = settings.threshold or operating_threshold(contract)
+    dp_spec = _dp_spec(bank, run, fingerprint, len(train))
+    privacy = _membership(split, model, run, dp_spec, bank, settings, train_fn)
+    part = {
+        "bank_id": bank.bank_id, "n_train": len(train), "n_test": len(test),
+        "fingerprint": fingerprint,
+        "ledger_fingerprint_matches": bool(dp_spec["ledger"].get("matches_data")),
+        "dp_spec": dp_spec, "membership": privacy,
+        "implementation_check": _implementation(dp_spec, run, len(train), settings, train_fn),
+        "fairness": bank_fairness(contract, test, split.test_logits(model), split.y_test,
+                                  threshold),
+        "explanations": bank_explanations(model, contract, train, test, threshold,
+                                          settings.seed),
+        "utility": bank_utility(split.test_logits(model), split.y_test),
+        "threshold": threshold,
+    }
+    part["verdict"] = _verdict(part, run.dp)
+    part["seconds"] = round(time.monotonic() - started, 2)
+    return part
+
+
+class _Split:
+    """The bank's encoded train (members) and held-out (non-members) rows."""
+
+    def __init__(self, contract: Contract, train: pd.DataFrame, test: pd.DataFrame,
+                 with_grades: bool = False) -> None:
+        self.x_train, self.y_train = contract.encode(train), contract.labels(train)
+        self.grades = (np.concatenate([contract.grades(train), contract.grades(test)])
+                       if with_grades and contract.grade else None)
+        self.x_test, self.y_test = contract.encode(test), contract.labels(test)
+        self.features = np.concatenate([self.x_train, self.x_test])
+        self.labels = np.concatenate([self.y_train, self.y_test])
+        self.is_member = np.r_[np.ones(len(train), bool), np.zeros(len(test), bool)]
+
+    def test_logits(self, model: nn.Module) -> np.ndarray:
+        return model_logits(model, self.x_test)
+
+
+def _dp_spec(bank: BankData, run: RunFacts, fingerprint: str, n_train: int) -> dict[str, Any]:
+    if bank.state_dir is None:
+        return {"dp": run.dp, "source": "none", "ledger": {"present": False, "ok": False},
+                "delta": float(run.config.get("target-delta", 1e-5)), "phases": []}
+    return bank_dp_spec(bank.state_dir, bank.bank_id, fingerprint, run.run_id, n_train,
+                        run.config, bank.reported)
+
+
+def _reference_setup(run: RunFacts, dp_spec: dict[str, Any]) -> ReferenceSetup:
+    """References copy the bank's per-step mechanism: same σ, C, batch size, epochs, rounds.
+
+    With half the rows, the same batch size doubles the sample rate, so a reference
+    spends more ε than the bank did: it is at least as fitted to its data as the target.
+    """
+    config = run.config
+    rounds = int(dp_spec.get("rounds_joined") or config.get("num-server-rounds", 5))
+    sigma = dp_spec.get("noise_multiplier")
+    batch, epochs = int(config.get("batch-size", 256)), int(config.get("local-epochs", 2))
+
+    def schedule_for(n: int) -> DPSchedule | None:
+        if not run.dp or not isinstance(sigma, float | int):
+            return None
+        per_epoch = steps_per_epoch(n, batch)
+        return DPSchedule(1 / per_epoch, epochs * per_epoch, float(sigma))
+
+    return ReferenceSetup(run.spec, int(config.get("seed", 0)), run.plan(), rounds, schedule_for)
+
+
+def _membership(split: _Split, model: nn.Module, run: RunFacts, dp_spec: dict[str, Any],
+                bank: BankData, settings: AuditSettings, train_fn: TrainFn) -> dict[str, Any]:
+    """Attacks on the global model and, if the bank kept one, its personalized model."""
+    delta = float(dp_spec.get("delta") or run.config.get("target-delta", 1e-5))
+    masks = reference_masks(split.labels, settings.n_reference, settings.seed)
+    ref_logits = train_references(_reference_setup(run, dp_spec), train_fn, split.features,
+                                  split.labels, masks, settings.seed, split.grades
+                                  ) if len(masks) else None
+    result = {"global": audit_model(model_logits(model, split.features), split.labels,
+                                    split.is_member, ref_logits, masks, delta),
+              "n_reference": settings.n_reference, "delta": delta}
+    personalized = _personalized_model(bank, run)
+    if personalized is not None:
+        result["personalized"] = audit_model(model_logits(personalized, split.features),
+                                             split.labels, split.is_member, ref_logits, masks,
+                                             delta)
+    return result
+
+
+def _personalized_model(bank: BankData, run: RunFacts) -> nn.Module | None:
+    if bank.state_dir is None:
+        return None
+    path = bank.state_dir / "personalized" / f"{run.run_id}.safetensors"
+    return load_model(path)[1] if path.is_file() else None
+
+
+def _implementation(dp_spec: dict[str, Any], run: RunFacts, n_train: int,
+                    settings: AuditSettings, train_fn: TrainFn) -> dict[str, Any]:
+    if not run.dp:
+        return {"applicable": False, "passed": None,
+                "detail": "non-private baseline: no DP mechanism or accounting to check",
+                "checks": []}
+    if not settings.implementation_check:
+        return {"applicable": True, "passed": None, "detail": "skipped", "checks": []}
+    sigma = dp_spec.get("noise_multiplier")
+    sigma = float(sigma) if isinstance(sigma, float | int) else 0.0
+    clip = dp_spec.get("max_grad_norm")
+    clip = float(clip) if isinstance(clip, float | int) else float(run.config["max-grad-norm"])
+    checks = [*check_training_path(train_fn, sigma, clip, settings.seed),
+              *check_accounting(dp_spec, run.config, n_train)]
+    return {"applicable": True, "passed": all(c["passed"] for c in checks),
+            "noise_multiplier": sigma, "max_grad_norm": clip, "checks": checks}
+
+
+def _verdict(part: dict[str, Any], dp: bool) -> dict[str, Any]:
+    """Per model: does the empirical lower bound stay at or below the claimed ε."""
+    spec, membership = part["dp_spec"], part["membership"]
+    rows = {"global": (membership["global"], spec.get("epsilon_global_model"))}
+    if "personalized" in membership:
+        rows["personalized"] = (membership["personalized"], spec.get("epsilon"))
+    verdict: dict[str, Any] = {}
+    for name, (attack, claim) in rows.items():
+        bound = attack["epsilon_lower_bound"]
+        ok = None if not dp or claim is None else bool(bound <= claim)
+        verdict[name] = {"epsilon_lower_bound": bound,
+                         "claimed_epsilon": None if claim is None or math.isinf(claim) else claim,
+                         "passed": ok}
+    values = [v["passed"] for v in verdict.values()]
+    verdict["audit_passed"] = None if not dp else all(v is True for v in values)
+    return verdict

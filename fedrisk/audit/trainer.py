@@ -1,0 +1,67 @@
+"""The one place where the audit reaches the banks' DP-SGD training path.
+
+Two audit parts must run the *same* code a bank trains with: reference (shadow)
+models for the membership-inference attacks, and the white-box canary test of the
+DP mechanism. That code is ``fedrisk.privacy.dpsgd.train_locally``, reached here
+behind a small callable type so that tests and other hosts can inject any
+``TrainFn``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from fedrisk.privacy.accounting import DPSchedule
+
+History = list[tuple[float, float, int]]
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Optimizer settings of one local training phase (mirrors the run config).
+
+    Attributes:
+        local_epochs: passes over the data (expected, under Poisson sampling).
+        batch_size: expected batch size; the DP sample rate is ``1 / ceil(n / batch_size)``.
+        learning_rate / momentum: SGD settings.
+        max_grad_norm: the per-record clipping bound C, i.e. the DP sensitivity.
+
+    """
+
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    max_grad_norm: float
+
+
+TrainFn = Callable[..., History]
+"""``(model, features, labels, plan, schedule, seed, grades=None) -> history``.
+
+Trains a model in place (``grades``: grade indices for a model with a grade head, trained
+jointly as the banks do); returns the accountant history of what it ran (empty without DP).
+"""
+
+
+def bank_training_path() -> TrainFn:
+    """The banks' own DP-SGD path (``train_locally``), adapted to :data:`TrainFn`.
+
+    Privacy meaning: the canary test and the reference models exercise exactly the
+    clipping, noise and Poisson sampling that the audited banks ran.
+    """
+    from fedrisk.privacy.dpsgd import TrainingSettings, train_locally
+
+    def train(model: nn.Module, features: np.ndarray, labels: np.ndarray, plan: TrainPlan,
+              schedule: DPSchedule | None, seed: int, grades: np.ndarray | None = None
+              ) -> History:
+        settings = TrainingSettings(plan.local_epochs, plan.batch_size, plan.learning_rate,
+                                    plan.momentum, plan.max_grad_norm)
+        extra = {} if grades is None else {"grades": grades}
+        result = train_locally(model, features, labels, settings, schedule, seed, **extra)
+        return [(float(s), float(q), int(k)) for s, q, k in result.history]
+
+    return train

@@ -1,0 +1,305 @@
+"""Privacy audit: ε lower-bound math, the DP implementation check and the report.
+
+No Flower here: a tiny run directory (two credit_data banks, a FedAvg loop over the
+real DP-SGD path, signed ledgers, metrics.json) is written in the run-dir layout.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
+from opacus.optimizers.optimizer import DPOptimizer
+from scipy.stats import binomtest
+
+from fedrisk.audit import AuditSettings, build_audit, merge_bank_parts
+from fedrisk.audit.bank import _verdict, bank_audit
+from fedrisk.audit.canary import (
+    check_accounting,
+    check_clipping,
+    check_noise,
+    check_poisson,
+    check_training_path,
+)
+from fedrisk.audit.dp_spec import bank_dp_spec
+from fedrisk.audit.mia import clopper_pearson, epsilon_lower_bound
+from fedrisk.audit.render import render_html
+from fedrisk.audit.report import SECTIONS
+from fedrisk.audit.run import bank_inputs, load_metrics, run_facts
+from fedrisk.audit.trainer import TrainPlan, bank_training_path
+from fedrisk.data import embedded_banks, load_embedded, stratified_split
+from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
+from fedrisk.models.metrics import HISTOGRAM_BINS
+from fedrisk.privacy.accounting import DPSchedule, compose_epsilon, steps_per_epoch
+from fedrisk.privacy.ledger import EgressLedger
+
+SIGMA, CLIP = 1.2, 1.0
+CONFIG = {
+    "dataset": "credit_data", "test-fraction": 0.2, "seed": 0, "model": "mlp",
+    "hidden-units": "16", "num-server-rounds": 2, "local-epochs": 1, "batch-size": 64,
+    "learning-rate": 0.5, "momentum": 0.9, "dp": True, "target-delta": 1e-5,
+    "max-grad-norm": CLIP, "accountant": "rdp", "privacy-budget-scope": "run",
+    "personalization": "none", "personalization-epochs": 1, "secure_aggregation": True,
+}
+
+
+def write_ledger(state_dir: Path, bank: str, fingerprint: str, run_id: str,
+                 history: list[tuple[float, float, int]], reset: bool = False) -> tuple[str, float]:
+    """Write spends like a bank does; ``reset`` mimics a fresh accountant every round."""
+    ledger = EgressLedger.for_bank(state_dir, bank, fingerprint)
+    for round_, step in enumerate(history, start=1):
+        so_far = [step] if reset else history[:round_]
+        epsilon = compose_epsilon(so_far, CONFIG["target-delta"], "rdp")
+        ledger.append("privacy_spend", {
+            "run_id": run_id, "round": round_, "phase": "train", "noise_multiplier": step[0],
+            "sample_rate": step[1], "steps": step[2], "max_grad_norm": CLIP,
+            "delta": CONFIG["target-delta"], "accountant": "rdp", "epsilon": epsilon,
+            "epsilon_lifetime": epsilon})
+    return ledger.head_hash, epsilon
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """Two credit_data banks of 220 rows (same σ meets the same target), 2 DP FedAvg rounds."""
+    run = tmp_path_factory.mktemp("tiny_run")
+    contract = load_embedded("credit_data")[1]
+    tables = {b: t.iloc[:220] for b, t in list(embedded_banks("credit_data").items())[:2]}
+    (run / "data").mkdir()
+    contract.save(run / "data" / "contract.toml")
+    for bank, table in tables.items():
+        table.to_csv(run / "data" / f"{bank}.csv", index=False)
+    (run / "data" / "banks.json").write_text(json.dumps({"contract": "contract.toml", "banks": [
+        {"id": b, "file": f"{b}.csv", "rows": len(t)} for b, t in tables.items()]}))
+    spec = ModelSpec("mlp", contract.n_features, (16,), contract.prior_default_rate)
+    splits = {b: stratified_split(t, contract, 0.2, 0) for b, t in tables.items()}
+    weights = list(model_arrays(build_model(spec, 0)).values())
+    plan = TrainPlan(1, 64, 0.5, 0.9, CLIP)
+    train = bank_training_path()
+    for _ in range(CONFIG["num-server-rounds"]):
+        updated, sizes = [], []
+        for rows, _ in splits.values():
+            model = build_model(spec, 0)
+            set_model_arrays(model, weights)
+            per_epoch = steps_per_epoch(len(rows), 64)
+            train(model, contract.encode(rows), contract.labels(rows), plan,
+                  DPSchedule(1 / per_epoch, per_epoch, SIGMA), 0)
+            updated.append(list(model_arrays(model).values()))
+            sizes.append(len(rows))
+        weights = [sum(w[i] * n for w, n in zip(updated, sizes, strict=True)) / sum(sizes)
+                   for i in range(len(weights))]
+    model = build_model(spec, 0)
+    set_model_arrays(model, weights)
+    save_model(run / "model.safetensors", spec, model_arrays(model))
+    banks = []
+    for bank, (rows, test) in splits.items():
+        per_epoch = steps_per_epoch(len(rows), 64)
+        history = [(SIGMA, 1 / per_epoch, per_epoch)] * CONFIG["num-server-rounds"]
+        head, epsilon = write_ledger(run / "banks" / bank, bank,
+                                     contract.fingerprint(tables[bank]), "42", history)
+        banks.append({"id": bank, "n_train": len(rows), "n_test": len(test), "epsilon": epsilon,
+                      "ledger_head": head, "noise_multiplier": SIGMA})
+    # the plan's target: what σ buys over the planned steps, so the plan check is exact
+    config = {**CONFIG, "target-epsilon": max(b["epsilon"] for b in banks) + 0.01}
+    (run / "metrics.json").write_text(json.dumps({
+        "schema_version": 1, "run_id": "42", "privacy": "DP-SGD (record-level)",
+        "config": config, "model": {"file": "model.safetensors", "spec": spec.to_dict()},
+        "banks": banks, "final": {}}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def audit(tiny_run, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("audit")
+    document = build_audit(tiny_run, out, settings=AuditSettings(n_reference=2),
+                           train_fn=bank_training_path())
+    return document, out
+
+
+# ----- ε lower bound ----------------------------------------------------------------
+
+
+def test_clopper_pearson_matches_scipy_exact_interval():
+    low, high = clopper_pearson(np.array([0, 7, 50]), 50, 0.05)
+    for k, lo, hi in zip([0, 7, 50], low, high, strict=True):
+        interval = binomtest(k, 50).proportion_ci(0.95, method="exact")
+        assert lo == pytest.approx(interval.low, abs=1e-9)
+        assert hi == pytest.approx(interval.high, abs=1e-9)
+
+
+def test_perfect_separation_gives_a_large_bound():
+    bound = epsilon_lower_bound(np.ones(1000), np.zeros(1000), delta=1e-5)
+    # TPR_low = 0.025^(1/1000), FPR_high = 1 - 0.025^(1/1000): ln(0.9963/0.00368) = 5.6
+    tpr_low, fpr_high = 0.025 ** 1e-3, 1 - 0.025 ** 1e-3
+    assert bound["epsilon_lb"] == pytest.approx(math.log((tpr_low - 1e-5) / fpr_high), rel=1e-9)
+    assert bound["epsilon_lb"] > 5
+
+
+def test_random_scores_give_a_bound_near_zero():
+    rng = np.random.default_rng(0)
+    bound = epsilon_lower_bound(rng.normal(size=2000), rng.normal(size=2000), delta=1e-5)
+    assert bound["epsilon_lb"] < 0.15
+
+
+def test_bound_does_not_exceed_the_true_epsilon_of_a_dp_mechanism():
+    # randomized response is exactly ε-DP: the audit may approach ε but must not exceed it
+    epsilon, n = 1.0, 20000
+    keep = math.exp(epsilon) / (1 + math.exp(epsilon))
+    rng = np.random.default_rng(1)
+    members = (rng.random(n) < keep).astype(float)
+    nonmembers = (rng.random(n) >= keep).astype(float)
+    bound = epsilon_lower_bound(members, nonmembers, delta=0.0)["epsilon_lb"]
+    assert 0.85 < bound <= epsilon
+
+
+# ----- implementation check -----------------------------------------------------------
+
+
+def _failed(checks: list[dict]) -> set[str]:
+    return {c["name"] for c in checks if not c["passed"]}
+
+
+def test_implementation_check_passes_on_a_correct_dp_path():
+    assert _failed(check_training_path(bank_training_path(), SIGMA, CLIP)) == set()
+
+
+def test_catches_noise_multiplier_zero(monkeypatch):
+    original = PrivacyEngine.make_private
+
+    def no_noise(self, **kwargs):
+        return original(self, **{**kwargs, "noise_multiplier": 0.0})
+
+    monkeypatch.setattr(PrivacyEngine, "make_private", no_noise)
+    assert not check_noise(bank_training_path(), SIGMA, CLIP)["passed"]
+
+
+def test_catches_a_configured_noise_multiplier_of_zero():
+    assert not check_noise(bank_training_path(), 0.0, CLIP)["passed"]
+
+
+def test_catches_huge_max_grad_norm(monkeypatch):
+    original = PrivacyEngine.make_private
+
+    def no_clip(self, **kwargs):
+        return original(self, **{**kwargs, "max_grad_norm": 1e9})
+
+    monkeypatch.setattr(PrivacyEngine, "make_private", no_clip)
+    assert not check_clipping(bank_training_path(), SIGMA, CLIP)["passed"]
+    assert not check_noise(bank_training_path(), SIGMA, CLIP)["passed"]  # σ·1e9 is not σ·C
+
+
+def test_catches_an_optimizer_that_does_not_clip(monkeypatch):
+    def sum_unclipped(self):
+        for p in self.params:
+            sample = p.grad_sample[0] if isinstance(p.grad_sample, list) else p.grad_sample
+            grad = sample.sum(0)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+
+    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", sum_unclipped)
+    assert not check_clipping(bank_training_path(), SIGMA, CLIP)["passed"]
+
+
+def test_catches_fixed_size_batches(monkeypatch):
+    original = PrivacyEngine.make_private
+
+    def shuffled(self, **kwargs):
+        return original(self, **{**kwargs, "poisson_sampling": False})
+
+    monkeypatch.setattr(PrivacyEngine, "make_private", shuffled)
+    assert "poisson_sampling" in _failed(check_poisson(bank_training_path(), SIGMA, CLIP))
+
+
+def test_catches_sampling_seeded_from_a_public_seed(monkeypatch):
+    original = DPDataLoader.from_data_loader.__func__
+
+    def seeded(cls, data_loader, **kwargs):
+        return original(cls, data_loader, **{**kwargs,
+                                             "generator": torch.Generator().manual_seed(0)})
+
+    monkeypatch.setattr(DPDataLoader, "from_data_loader", classmethod(seeded))
+    assert _failed(check_poisson(bank_training_path(), SIGMA, CLIP)) == {"sampling_secret"}
+
+
+def test_catches_an_accountant_reset_between_rounds(tmp_path):
+    # every round's entry (and metrics.json) reports one round's ε: a fresh accountant per round
+    history = [(SIGMA, 0.25, 4)] * 3
+    head, epsilon = write_ledger(tmp_path, "bank-x", "ab" * 32, "7", history, reset=True)
+    config = {**CONFIG, "num-server-rounds": 3, "batch-size": 64,
+              "target-epsilon": compose_epsilon(history, 1e-5, "rdp")}
+    spec = bank_dp_spec(tmp_path, "bank-x", "ab" * 32, "7", 256, config,
+                        {"epsilon": epsilon, "ledger_head": head})
+    assert {"accounting_cumulative", "accounting_reported"} <= _failed(
+        check_accounting(spec, config, 256))
+    assert spec["epsilon_rdp"] > epsilon * 1.2  # the ledger history shows the real spend
+    assert spec["ledger"]["ok"] and spec["ledger"]["head_found"]
+
+
+# ----- the report ---------------------------------------------------------------------------
+
+
+def test_audit_json_has_the_documented_keys(audit):
+    document, out = audit
+    on_disk = json.loads((out / "audit.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    assert on_disk["banks"] and set(on_disk) >= {"banks", "fairness", "implementation_check"}
+    for bank in document["banks"]:
+        assert {"epsilon", "mia_auc", "epsilon_lower_bound", "audit_passed"} <= set(bank)
+        assert 0 < bank["epsilon"] <= bank["epsilon_rdp"] + 1e-9  # PRV headline ≤ RDP
+        assert bank["audit_passed"] is True and bank["ledger_ok"] is True
+    assert document["implementation_check"]["passed"] is True
+    assert document["fairness"]["views"].keys() >= {"Age (band)", "Marital"}
+
+
+def test_html_is_self_contained_with_every_section(audit):
+    _, out = audit
+    html = (out / "audit.html").read_text()
+    for key, title in SECTIONS:
+        assert f'id="{key}"' in html and title.split(". ", 1)[1] in html
+    assert html.count("data:image/png;base64,") == 5
+    assert "http://" not in html and "https://" not in html
+
+
+@pytest.fixture(scope="module")
+def tiny_part(tiny_run) -> tuple[dict, object]:
+    """One bank's part as it would leave the bank (loss attack only, to stay fast)."""
+    metrics = load_metrics(tiny_run)
+    facts, model = run_facts(tiny_run, metrics)
+    bank = bank_inputs(tiny_run, metrics)[0]
+    settings = AuditSettings(n_reference=0, implementation_check=False)
+    return bank_audit(bank, model, facts, settings), bank
+
+
+def test_bank_parts_hold_no_rows_and_merge_from_json(tiny_part):
+    part, bank = tiny_part
+
+    def list_lengths(value) -> set[int]:
+        if isinstance(value, dict):
+            return set().union(*(list_lengths(v) for v in value.values()))
+        if isinstance(value, list):
+            return {len(value)}.union(*(list_lengths(v) for v in value))
+        return set()
+
+    lengths = list_lengths(part)
+    assert max(lengths) <= HISTOGRAM_BINS
+    assert not lengths & {len(bank.table), part["n_train"], part["n_test"]}  # no per-row list
+    incomes = {str(v) for v in bank.table["Income"].dropna().unique() if v > 1000}
+    assert not any(income in json.dumps(part["explanations"]) for income in incomes)
+    merged = merge_bank_parts([json.loads(json.dumps(part))], {"config": CONFIG})
+    assert merged["banks"][0]["id"] == bank.bank_id
+    assert merged["utility"]["n"] == part["n_test"]
+
+
+def test_a_bound_above_the_claim_is_a_failed_audit_in_red(tiny_part):
+    part = json.loads(json.dumps(tiny_part[0]))
+    part["membership"]["global"]["epsilon_lower_bound"] = 2.0
+    part["membership"]["global"]["attacks"]["loss"]["epsilon_lb"]["epsilon_lb"] = 2.0
+    part["dp_spec"]["epsilon_global_model"] = 1.0
+    part["verdict"] = _verdict(part, dp=True)
+    document = merge_bank_parts([part], {"config": CONFIG})
+    assert document["banks"][0]["audit_passed"] is False and document["audit_passed"] is False
+    html = render_html(document)
+    assert '<span class="fail">ε_LB &gt; ε: FAILED</span>' in html
+    assert 'class="banner bad"' in html
