@@ -84,6 +84,88 @@ def simulate(
     _print_summary(metrics, output_dir)
 
 
+@app.command()
+def score(
+    model: Annotated[Path, typer.Option(help="Run directory (fedrisk simulate --output-dir).")],
+    data: Annotated[Path, typer.Option(help="Applicants table (CSV/Parquet, the run's contract; "
+                                            "target optional).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Scores file (CSV/Parquet).")]
+    = Path("scores.csv"),
+    calibration_data: Annotated[Path | None, typer.Option(
+        help="The bank's own table (calibrate PDs on its held-out split) or a calibrator .json."
+    )] = None,
+    calibration_method: Annotated[str, typer.Option(help="platt or isotonic.")] = "platt",
+    lgd: Annotated[float, typer.Option(help="Loss given default (0 to 1).")] = 0.45,
+    reasons: Annotated[bool, typer.Option("--reasons/--no-reasons",
+                                          help="Top three reasons per applicant.")] = True,
+) -> None:
+    """Score applicants: PD, risk band, grade, expected loss and reasons; bad rows to rejects."""
+    from fedrisk.risk import score_applicants
+
+    result = score_applicants(model, data, output, calibration_data=calibration_data,
+                              calibration_method=calibration_method, lgd=lgd,
+                              with_reasons=reasons)
+    console.print(f"scored {result.n_scored:,} of {result.n_applicants:,} applicants "
+                  f"({result.calibration} PD) -> {result.output_path}", highlight=False)
+    console.print(f"rejected {result.n_rejected:,}, each with its reason -> "
+                  f"{result.rejects_path}", highlight=False)
+    if result.calibrator_path is not None:
+        console.print(f"calibrator ({result.calibration}, JSON) -> {result.calibrator_path}",
+                      highlight=False)
+    bands = result.scores["risk_band"].value_counts().sort_index()
+    console.print("risk bands: " + ", ".join(f"{band} {n:,}" for band, n in bands.items()),
+                  highlight=False)
+    if "expected_loss" in result.scores:
+        console.print(f"expected loss (LGD {lgd:g}): {result.scores['expected_loss'].sum():,.0f}",
+                      highlight=False)
+    if result.warnings:
+        console.print(f"[yellow]{len(result.warnings)} warnings[/yellow] (values the contract "
+                      f"repairs), first: {result.warnings[0]}", highlight=False)
+
+
+@app.command()
+def portfolio(
+    model: Annotated[Path, typer.Option(help="Run directory (fedrisk simulate --output-dir).")],
+    data: Annotated[Path, typer.Option(help="The bank's loan book (CSV/Parquet, the run's "
+                                            "contract).")],
+    scenarios: Annotated[int, typer.Option(help="Monte Carlo scenarios.")] = 1_000_000,
+    asset_correlation: Annotated[float | None, typer.Option(
+        help="One asset correlation for every loan (default: Basel II retail rho(PD)).")] = None,
+    lgd: Annotated[float, typer.Option(help="Loss given default (0 to 1).")] = 0.45,
+    seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 0,
+    calibration_data: Annotated[Path | None, typer.Option(
+        help="The bank's own table (calibrate PDs on its held-out split) or a calibrator .json."
+    )] = None,
+    workers: Annotated[int, typer.Option(help="Simulation threads (same result for any).")] = 1,
+    output_dir: Annotated[Path, typer.Option(
+        "-o", "--output-dir", help="Where portfolio.json, loss_distribution.png and "
+        "contributions.csv go.")] = Path("portfolio"),
+) -> None:
+    """Simulate the loss distribution of a loan book: EL, VaR, expected shortfall."""
+    from fedrisk.risk import portfolio_loss
+
+    result = portfolio_loss(model, data, scenarios=scenarios, asset_correlation=asset_correlation,
+                            lgd=lgd, seed=seed, output_dir=output_dir,
+                            calibration_data=calibration_data, workers=workers)
+    correlation = ("Basel II retail rho(PD)" if asset_correlation is None
+                   else f"{asset_correlation:g}")
+    console.print(f"{result.n_loans:,} loans, exposure {result.total_exposure:,.0f}, LGD "
+                  f"{lgd:g}, {result.calibration} PD, asset correlation {correlation}; "
+                  f"{result.scenarios:,} scenarios in {result.seconds:.1f}s", highlight=False)
+    table = Table(title=f"portfolio loss (expected loss {result.expected_loss:,.0f})")
+    for column in ("level", "VaR", "expected shortfall"):
+        table.add_column(column, justify="right")
+    for level, var in result.value_at_risk.items():
+        table.add_row(f"{level:.1%}", f"{var:,.0f}", f"{result.expected_shortfall[level]:,.0f}")
+    console.print(table)
+    top = result.contributions.iloc[0]
+    console.print(f"largest contributor to ES {result.contribution_level:.0%}: row "
+                  f"{int(top['row'])} (PD {top['pd']:.3f}, exposure {top['exposure']:,.0f}), "
+                  f"{top['es_share']:.2%} of it", highlight=False)
+    console.print(f"wrote {result.summary_path}, {result.histogram_path}, "
+                  f"{result.contributions_path}", highlight=False)
+
+
 @data_app.command("contract")
 def data_contract(
     table: Path,

@@ -190,7 +190,8 @@ class BankClient(NumPyClient):
     def _fit_metrics(self, mean_loss: float, schedule: DPSchedule | None) -> dict[str, Scalar]:
         metrics: dict[str, Scalar] = {"bank_id": self.bank.bank_id, "n_train": self.bank.n_train,
                                       "train_loss": mean_loss, "dp": schedule is not None,
-                                      "n_grades": self.spec.n_grades}
+                                      "n_grades": self.spec.n_grades,
+                                      "prior_default_rate": self.spec.prior_default_rate}
         if schedule is None:
             return metrics
         cfg, ledger = self.config, self.bank.ledger

@@ -253,6 +253,13 @@ class Contract:
     def category_codes(self, column: pd.Series, feature: CategoricalFeature) -> np.ndarray:
         """Slot index of each value: its category, then unknown, then missing."""
         n_known = len(feature.categories)
+        if isinstance(column.dtype, pd.StringDtype):
+            # A text value is its own canonical string: a hash lookup, no per-value Python.
+            vocabulary = pd.Index(list(feature.categories), dtype=column.dtype)
+            codes = vocabulary.get_indexer(column).astype(np.int64)
+            codes[codes < 0] = n_known
+            codes[column.isna().to_numpy()] = n_known + 1
+            return codes
         index = {category: i for i, category in enumerate(feature.categories)}
         strings = canonical_strings(column)
         codes = strings.map(lambda v: n_known + 1 if v is None else index.get(v, n_known))

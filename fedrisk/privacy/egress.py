@@ -28,7 +28,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 FIT_METRICS = frozenset({
     "bank_id", "n_train", "train_loss", "dp", "epsilon", "epsilon_lifetime", "delta",
-    "noise_multiplier", "sample_rate", "steps", "ledger_head", "n_grades",
+    "noise_multiplier", "sample_rate", "steps", "ledger_head", "n_grades", "prior_default_rate",
 })
 EVALUATE_METRICS = frozenset({"bank_id", "n_test", "auc", "brier", "ks", "personalized_auc",
                               "personalized_brier", "epsilon", "epsilon_lifetime"})
@@ -58,6 +58,7 @@ class EgressPolicy:
     max_banks: int = 1000
     ledger_head: str | None = None
     n_grades: int = 0
+    prior_default_rate: float = 0.5
 
 
 def inspect_reply(content: RecordDict, message_type: str, secagg_stage: str | None,
@@ -240,8 +241,9 @@ def _check_metric(key: str, value: object, allowed: frozenset[str], policy: Egre
         return [f"{name}: metric '{key}' is not on the allowlist"]
     if key == "bank_id":
         return [] if value == policy.bank_id else [f"{name}: bank_id is not this bank's id"]
-    if key == "n_grades":
-        return [] if value == policy.n_grades else [f"{name}: n_grades is not the contract's"]
+    if key in ("n_grades", "prior_default_rate"):
+        agreed = getattr(policy, key)
+        return [] if value == agreed else [f"{name}: {key} is not the contract's"]
     if key == "ledger_head":
         return [] if value == policy.ledger_head else [f"{name}: ledger_head is not the "
                                                        "bank's ledger head"]

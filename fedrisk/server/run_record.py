@@ -48,12 +48,15 @@ class RunRecorder:
         self._trained: dict[int, int] = {}
         self._received: dict[int, list[str]] = {}
         self.n_grades = 0  # grade levels of the contract, as the banks report it
+        self.prior_default_rate = 0.5  # the contract's public prior, as the banks report it
 
     def on_fit(self, server_round: int, results: list, failures: list) -> None:
         """Record each bank's training scalars (ε, counts) and each failure's reason."""
         for _, res in results:
             metrics = dict(res.metrics)
             self.n_grades = int(metrics.get("n_grades", self.n_grades))
+            self.prior_default_rate = float(metrics.get("prior_default_rate",
+                                                        self.prior_default_rate))
             bank = self.banks.setdefault(str(metrics["bank_id"]), {"rounds_joined": 0})
             bank["rounds_joined"] += 1
             bank.update({k: metrics[k] for k in FIT_KEYS if k in metrics})
@@ -110,9 +113,10 @@ class RunRecorder:
     def write(self, parameters, output_dir: Path) -> dict:
         """Write metrics.json, the final model and the training plot; return the metrics."""
         output_dir.mkdir(parents=True, exist_ok=True)
-        arrays = parameters_to_ndarrays(parameters)
+        # FedAvg's weighted mean comes back as float64; the model is float32.
+        arrays = [a.astype(np.float32) for a in parameters_to_ndarrays(parameters)]
         spec = ModelSpec(self.config.model, int(arrays[0].shape[1]), self.config.hidden_layers,
-                         n_grades=self.n_grades)
+                         self.prior_default_rate, self.n_grades)
         names = _parameter_names(spec)
         save_model(output_dir / "model.safetensors", spec, dict(zip(names, arrays, strict=True)))
         metrics = self.metrics(spec)
