@@ -166,6 +166,110 @@ def portfolio(
                   f"{result.contributions_path}", highlight=False)
 
 
+consortium_app = typer.Typer(help="Deploy a consortium: keys, TLS, one SuperNode per bank.",
+                              no_args_is_help=True)
+app.add_typer(consortium_app, name="consortium")
+
+
+@consortium_app.command("init")
+def consortium_init(
+    directory: Annotated[Path, typer.Argument(help="Consortium directory to create.")],
+    banks: Annotated[str, typer.Option(help="Comma-separated bank ids, e.g. bank-a,bank-b.")],
+    coordinator_host: Annotated[str, typer.Option(help="Host name or IP the banks dial.")]
+    = "127.0.0.1",
+    data: Annotated[list[str] | None, typer.Option(
+        help="BANK=PATH, repeatable (default: each bank gets an embedded lending_club region).")]
+    = None,
+    contract: Annotated[Path | None, typer.Option(help="Contract of --data.")] = None,
+    base_port: Annotated[int, typer.Option(help="SuperLink port; bank i gets base-port+1+i.")]
+    = 9300,
+    force: Annotated[bool, typer.Option(help="Replace existing keys.")] = False,
+) -> None:
+    """Provision a consortium: CA, SuperLink TLS, bank keys; print each party's command."""
+    from fedrisk.consortium import init_consortium
+
+    bank_ids = [b.strip() for b in banks.split(",") if b.strip()]
+    provisioned = init_consortium(directory, bank_ids, coordinator_host, _parse_bank_paths(data),
+                                  contract, force, base_port)
+    for line in provisioned.warnings:
+        errors.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+    for party, lines in provisioned.commands.items():
+        console.print(f"[bold]{party}[/bold]")
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@consortium_app.command("up")
+def consortium_up_command(
+    directory: Path,
+    clientapp: Annotated[str, typer.Option(
+        help="warm: fork each message from a process with torch loaded; subprocess: Flower's "
+             "default, a fresh flwr-clientapp per message.")] = "warm",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every party.")] = 120.0,
+) -> None:
+    """Start the SuperLink and one SuperNode per bank on this machine (loopback)."""
+    from fedrisk.consortium import consortium_up
+
+    for record in consortium_up(directory, clientapp=clientapp, timeout=timeout):
+        console.print(f"{record.name}: pid {record.pid}, log {record.log}", highlight=False)
+
+
+@consortium_app.command("run")
+def consortium_run_command(
+    directory: Path,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
+    target_epsilon: Annotated[float | None, typer.Option(help="Per-bank ε budget.")] = None,
+    dp: Annotated[bool, typer.Option("--dp/--no-dp",
+                                     help="DP-SGD; --no-dp is a labelled non-private baseline.")]
+    = True,
+    secure_aggregation: Annotated[bool | None, typer.Option(
+        "--secure-aggregation/--no-secure-aggregation", help="Flower SecAgg+.")] = None,
+    run_config: Annotated[str | None, typer.Option(
+        help='Other run-config keys, e.g. "batch-size=128 learning-rate=0.05".')] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Run folder under DIR/coordinator/runs (default: a timestamp).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds before the run is stopped.")] = 3600.0,
+) -> None:
+    """Submit a training run with `flwr run`, stream it, and fail unless it completed."""
+    from fedrisk.consortium import consortium_run
+
+    overrides = _parse_run_config(run_config)
+    flags = {"num-server-rounds": rounds, "local-epochs": local_epochs,
+             "target-epsilon": target_epsilon, "dp": dp,
+             "secure-aggregation": secure_aggregation}
+    overrides |= {k: v for k, v in flags.items() if v is not None}
+    metrics = consortium_run(directory, overrides, name=name, timeout=timeout,
+                             echo=lambda line: console.print(line, markup=False,
+                                                             highlight=False))
+    _print_summary(metrics, Path(metrics["config"]["output-dir"]))
+
+
+@consortium_app.command("down")
+def consortium_down_command(
+    directory: Path,
+    timeout: Annotated[float, typer.Option(help="Seconds before SIGKILL.")] = 15.0,
+) -> None:
+    """Stop every process `consortium up` started, by pid (SIGTERM, then SIGKILL)."""
+    from fedrisk.consortium import consortium_down
+
+    names = consortium_down(directory, timeout)
+    console.print(f"stopped {len(names)} processes: {', '.join(names) or 'none were running'}",
+                  highlight=False)
+
+
+def _parse_bank_paths(items: list[str] | None) -> dict[str, Path] | None:
+    if not items:
+        return None
+    pairs = {}
+    for item in items:
+        bank, sep, path = item.partition("=")
+        if not sep or not bank or not path:
+            raise ConfigError(f"--data item '{item}' is not BANK=PATH")
+        pairs[bank.strip()] = Path(path)
+    return pairs
+
+
 @data_app.command("contract")
 def data_contract(
     table: Path,
@@ -324,7 +428,7 @@ def _print_summary(metrics: dict, output_dir: Path) -> None:
         columns |= {"ε": "epsilon", "σ": "noise_multiplier", "δ<1/n": "delta_below_1_over_n"}
     if lifetime:
         columns["ε lifetime"] = "epsilon_lifetime"
-    table = Table(title=f"fedrisk simulation: {metrics['privacy']}", box=box.SIMPLE_HEAD,
+    table = Table(title=f"fedrisk: {metrics['privacy']}", box=box.SIMPLE_HEAD,
                   caption="AUC of each model on the bank's own held-out split")
     for header in columns:
         table.add_column(header, justify="left" if header == "bank" else "right")
@@ -348,13 +452,15 @@ def _fmt(value: object) -> str:
 
 def main() -> None:
     """Entry point: user errors are one line on stderr with exit code 2, never a traceback."""
+    from fedrisk.consortium import ConsortiumError
     from fedrisk.privacy.accounting import PrivacyBudgetExceeded
     from fedrisk.privacy.keys import KeyFileError
     from fedrisk.privacy.ledger import LedgerError
 
     try:
         app()
-    except (ConfigError, DataError, PrivacyBudgetExceeded, KeyFileError, LedgerError) as error:
+    except (ConfigError, DataError, PrivacyBudgetExceeded, KeyFileError, LedgerError,
+            ConsortiumError) as error:
         errors.print(f"[red]error:[/red] {error}", highlight=False)
         sys.exit(2)
 

@@ -30,8 +30,13 @@ log = logging.getLogger("fedrisk.guard")
 
 def egress_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Inspect the bank's reply; record and pass it, or block it with a fixed error."""
-    config = RunConfig.from_run_config(dict(context.run_config))
-    bank = bank_for_context(context)
+    try:
+        config = RunConfig.from_run_config(dict(context.run_config))
+        bank = bank_for_context(context)
+    except Exception as error:  # noqa: BLE001 - bad data or config: refuse, say nothing more
+        log.error("bank refuses to take part: %s", error)
+        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                             "bank failed (see the bank's log)"), reply_to=msg)
     stage = _secagg_stage(msg)
     try:
         reply = call_next(msg, context)

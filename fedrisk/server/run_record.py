@@ -101,7 +101,12 @@ class RunRecorder:
         }
         self._round_start = now
         self.rounds.append(record)
-        eps = "non-private" if not self.config.dp else f"max ε {record['epsilon_max']:.3f}"
+        if not self.config.dp:
+            eps = "non-private"
+        elif record["epsilon_max"] is None:
+            eps = "no bank trained"
+        else:
+            eps = f"max ε {record['epsilon_max']:.3f}"
         log(20, "round %d/%d  consortium AUC %.4f  %s  (%.1fs)", server_round,
             self.config.num_server_rounds, record["auc"], eps, record["seconds"])
 

@@ -1,0 +1,11 @@
+"""Errors of the consortium deployment: every message is one actionable line."""
+
+from __future__ import annotations
+
+
+class ConsortiumError(Exception):
+    """Provisioning or running the consortium failed; the message is one line."""
+
+
+class RunFailedError(ConsortiumError):
+    """A training run submitted with ``flwr run`` ended in a state other than completed."""
