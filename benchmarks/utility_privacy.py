@@ -26,11 +26,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedrisk.privacy.dpsgd import TrainingSettings, train_locally  # noqa: E402
 from fedrisk.config import RunConfig  # noqa: E402
 from fedrisk.data import embedded_banks, load_embedded, stratified_split  # noqa: E402
 from fedrisk.models import ModelSpec, build_model  # noqa: E402
 from fedrisk.privacy.accounting import plan_schedule  # noqa: E402
+from fedrisk.privacy.dpsgd import TrainingSettings, train_locally  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 EPSILONS = (1.0, 3.0, 8.0)
