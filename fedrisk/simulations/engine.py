@@ -13,6 +13,7 @@ read the project's, and it documents the run.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import tomli_w
@@ -55,6 +56,8 @@ def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
     two banks train at a time. Raises if the ServerApp fails.
     """
     write_app_config(app_dir, run_config)
+    # Keep Ray's current GPU-visibility behaviour without its FutureWarning (CPU-only banks).
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run = _new_run()
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
                       run_config=dict(run_config))
