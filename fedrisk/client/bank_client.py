@@ -60,7 +60,7 @@ class BankClient(NumPyClient):
         server_round = int(config["server-round"])
         model = build_model(self.spec, self.config.seed)
         set_model_arrays(model, parameters)
-        schedule = self._charge(server_round) if self.config.dp else None
+        schedule, spend = self._charge(server_round) if self.config.dp else (None, None)
         result = train_locally(model, self.bank.train_features, self.bank.train_labels,
                                self._settings(), schedule,
                                seed=self.config.seed * 10_007 + server_round,
@@ -73,7 +73,7 @@ class BankClient(NumPyClient):
             "run_id": self.run_id, "round": server_round, "event": "update computed",
             "update_sha256": hashlib.sha256(b"".join(map(ndarray_to_bytes, update))).hexdigest(),
         })
-        metrics = self._fit_metrics(result.mean_loss, schedule)
+        metrics = self._fit_metrics(result.mean_loss, schedule, spend)
         return update, self.bank.n_train, metrics | {"ledger_head": self.bank.ledger.head_hash}
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[
@@ -106,7 +106,7 @@ class BankClient(NumPyClient):
     def _personalize(self, model, server_round: int) -> dict[str, Scalar]:
         """DP fine-tuning of the global model on this bank's rows; the result stays here."""
         cfg = self.config
-        schedule = self._charge(server_round, "personalize") if cfg.dp else None
+        schedule, spend = self._charge(server_round, "personalize") if cfg.dp else (None, None)
         settings = replace(self._settings(), local_epochs=cfg.personalization_epochs,
                            learning_rate=cfg.personalization_learning_rate, proximal_mu=0.0)
         train_locally(model, self.bank.train_features, self.bank.train_labels, settings,
@@ -118,12 +118,8 @@ class BankClient(NumPyClient):
         quality = discrimination_metrics(probabilities, self.bank.test_labels)
         metrics: dict[str, Scalar] = {"personalized_auc": quality["auc"],
                                       "personalized_brier": quality["brier"]}
-        if schedule is not None:
-            ledger = self.bank.ledger
-            metrics["epsilon"] = compose_epsilon(ledger.privacy_history(self.run_id),
-                                                 cfg.target_delta, cfg.accountant)
-            metrics["epsilon_lifetime"] = compose_epsilon(ledger.privacy_history(None),
-                                                          cfg.target_delta, cfg.accountant)
+        if spend is not None:
+            metrics |= {key: spend[key] for key in ("epsilon", "epsilon_lifetime")}
         return metrics
 
     def _grade_quality(self, model) -> dict[str, Scalar]:
@@ -140,11 +136,9 @@ class BankClient(NumPyClient):
                                 self.config.momentum,
                                 self.config.max_grad_norm, mu)
 
-    def _plan(self) -> DPSchedule:
+    def _plan(self, prior: list[tuple[float, float, int]]) -> DPSchedule:
         """Plan the run: σ meets the budget over all rounds plus personalization."""
-        cfg, ledger = self.config, self.bank.ledger
-        prior = (_history_by_run(ledger, exclude=self.run_id)
-                 if cfg.privacy_budget_scope == "dataset" else [])
+        cfg = self.config
         return plan_schedule(self.bank.n_train, cfg.batch_size, cfg.local_epochs,
                              cfg.num_server_rounds, cfg.target_epsilon, cfg.target_delta, prior,
                              cfg.accountant, personalization_epochs=self._personalization_epochs())
@@ -152,18 +146,19 @@ class BankClient(NumPyClient):
     def _personalization_epochs(self) -> int:
         return self.config.personalization_epochs if self.config.personalization != "none" else 0
 
-    def _charge(self, server_round: int, phase: str = "train") -> DPSchedule:
+    def _charge(self, server_round: int, phase: str = "train") -> tuple[DPSchedule, dict]:
         """Plan the phase's DP-SGD, refuse if over budget, and record the spend first.
 
         ``phase`` is ``"train"`` (one federated round) or ``"personalize"`` (the
-        bank-local fine-tuning after the last round).
+        bank-local fine-tuning after the last round). Returns the schedule and the
+        ``privacy_spend`` entry written (with ε of the run and lifetime after it).
         """
         cfg, ledger = self.config, self.bank.ledger
+        prior = (_history_by_run(ledger, exclude=self.run_id)
+                 if cfg.privacy_budget_scope == "dataset" else [])
         try:
-            schedule = self._plan()
+            schedule = self._plan(prior)
             steps = schedule.steps_per_round if phase == "train" else schedule.personalization_steps
-            prior = (_history_by_run(ledger, exclude=self.run_id)
-                     if cfg.privacy_budget_scope == "dataset" else [])
             check_budget([*prior, *ledger.privacy_history(self.run_id)], schedule,
                          cfg.target_epsilon, cfg.target_delta, cfg.accountant, steps)
         except PrivacyBudgetExceeded as refusal:
@@ -177,30 +172,30 @@ class BankClient(NumPyClient):
         step = (schedule.noise_multiplier, schedule.sample_rate, steps)
         run_history = [*ledger.privacy_history(self.run_id), step]
         lifetime = [*ledger.privacy_history(None), step]
-        ledger.append("privacy_spend", {
+        spend = {
             "run_id": self.run_id, "round": server_round, "phase": phase,
             "noise_multiplier": schedule.noise_multiplier, "sample_rate": schedule.sample_rate,
             "steps": steps, "max_grad_norm": cfg.max_grad_norm,
             "delta": cfg.target_delta, "accountant": cfg.accountant,
             "epsilon": compose_epsilon(run_history, cfg.target_delta, cfg.accountant),
             "epsilon_lifetime": compose_epsilon(lifetime, cfg.target_delta, cfg.accountant),
-        })
-        return schedule
+        }
+        ledger.append("privacy_spend", spend)
+        return schedule, spend
 
-    def _fit_metrics(self, mean_loss: float, schedule: DPSchedule | None) -> dict[str, Scalar]:
+    def _fit_metrics(self, mean_loss: float, schedule: DPSchedule | None,
+                     spend: dict | None) -> dict[str, Scalar]:
         metrics: dict[str, Scalar] = {"bank_id": self.bank.bank_id, "n_train": self.bank.n_train,
                                       "train_loss": mean_loss, "dp": schedule is not None,
                                       "n_grades": self.spec.n_grades,
                                       "prior_default_rate": self.spec.prior_default_rate}
         if schedule is None:
             return metrics
-        cfg, ledger = self.config, self.bank.ledger
+        # ε as composed and signed into the ledger, before training, for this round.
         return metrics | {
-            "epsilon": compose_epsilon(ledger.privacy_history(self.run_id), cfg.target_delta,
-                                       cfg.accountant),
-            "epsilon_lifetime": compose_epsilon(ledger.privacy_history(None), cfg.target_delta,
-                                                cfg.accountant),
-            "delta": cfg.target_delta,
+            "epsilon": spend["epsilon"],
+            "epsilon_lifetime": spend["epsilon_lifetime"],
+            "delta": self.config.target_delta,
             "noise_multiplier": schedule.noise_multiplier,
             "sample_rate": schedule.sample_rate,
             "steps": schedule.steps_per_round,
