@@ -25,6 +25,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedrisk.consortium.errors import ConsortiumError
+from fedrisk.privacy.keys import (
+    ensure_private_dir,
+    private_key_pem,
+    public_key_pem,
+    write_file_with_mode,
+)
 
 PRIVATE_FILE_MODE = 0o600
 PUBLIC_FILE_MODE = 0o644
@@ -97,19 +103,12 @@ def node_auth_keys() -> tuple[bytes, bytes]:
 
 
 def ledger_signing_key() -> tuple[bytes, bytes]:
-    """A bank's Ed25519 ledger-signing key: (PEM PKCS8 private key, PEM public key)."""
+    """A bank's Ed25519 ledger-signing key: (PEM PKCS8 private key, PEM public key).
+
+    The same formats the bank's ledger reads and writes (:mod:`fedrisk.privacy.keys`).
+    """
     key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, public
-
-
-def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    """Unencrypted PKCS8 PEM of an EC private key (what the SuperLink's ``--ssl-keyfile`` reads)."""
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return private_key_pem(key), public_key_pem(key).encode("ascii")
 
 
 def certificate_pem(cert: x509.Certificate) -> bytes:
@@ -127,8 +126,8 @@ def load_ca(key_path: Path, cert_path: Path) -> tuple[ec.EllipticCurvePrivateKey
 
 
 def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) and set it to 0700."""
-    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    """Create ``path`` and missing parents 0700, and set ``path`` itself to 0700."""
+    ensure_private_dir(path)
     os.chmod(path, PRIVATE_DIR_MODE)
 
 
@@ -142,13 +141,7 @@ def write_file(path: Path, data: bytes, mode: int, replace: bool) -> None:
         raise ConsortiumError(f"{path} exists; keys are never overwritten (use --force to "
                               "replace every key of the consortium)")
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_file_with_mode(tmp, data, mode, exclusive=False)
     os.replace(tmp, path)
 
 

@@ -41,6 +41,7 @@ from fedrisk.consortium.layout import (
     write_settings,
 )
 from fedrisk.data import Contract, check_table_file, embedded_banks, load_embedded
+from fedrisk.privacy.keys import private_key_pem
 
 DEFAULT_BASE_PORT = 9300
 DEFAULT_CERT_DAYS = 365
@@ -242,9 +243,9 @@ def _make_dirs(layout: Layout) -> None:
 def _make_tls(layout: Layout, host: str, days: int, replace: bool) -> None:
     ca_key, ca_cert = pki.make_ca("fedrisk consortium CA", days)
     server_key, server_cert = pki.make_server_cert(ca_key, ca_cert, host, days)
-    pki.write_file(layout.ca_key, pki.private_key_pem(ca_key), pki.PRIVATE_FILE_MODE, replace)
+    pki.write_file(layout.ca_key, private_key_pem(ca_key), pki.PRIVATE_FILE_MODE, replace)
     pki.write_file(layout.ca_cert, pki.certificate_pem(ca_cert), pki.PUBLIC_FILE_MODE, True)
-    pki.write_file(layout.server_key, pki.private_key_pem(server_key), pki.PRIVATE_FILE_MODE,
+    pki.write_file(layout.server_key, private_key_pem(server_key), pki.PRIVATE_FILE_MODE,
                    replace)
     pki.write_file(layout.server_cert, pki.certificate_pem(server_cert), pki.PUBLIC_FILE_MODE,
                    True)

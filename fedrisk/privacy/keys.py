@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 _PRIVATE_MODE = 0o600
 _PRIVATE_DIR_MODE = 0o700
@@ -154,14 +155,10 @@ def _check_private_file(path: Path) -> None:
 
 def _create_private_key(path: Path) -> Ed25519PrivateKey:
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    pem = private_key_pem(key)
     ensure_private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    _write_private_file(tmp, pem)
+    write_file_with_mode(tmp, pem, _PRIVATE_MODE, exclusive=True)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -173,10 +170,24 @@ def _create_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def _write_private_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _PRIVATE_MODE)
+def private_key_pem(key: PrivateKeyTypes) -> bytes:
+    """Unencrypted PKCS8 PEM of a private key (Ed25519 ledger keys, EC TLS and CA keys)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_file_with_mode(path: Path, data: bytes, mode: int, *, exclusive: bool) -> None:
+    """Write and fsync ``data`` to ``path``, created with ``mode`` (never briefly readable).
+
+    ``exclusive`` refuses an existing file (``FileExistsError``); otherwise it is truncated.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
     try:
-        os.fchmod(fd, _PRIVATE_MODE)
+        os.fchmod(fd, mode)  # umask may have removed bits of a new file's mode
         os.write(fd, data)
         os.fsync(fd)
     finally:
