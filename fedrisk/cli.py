@@ -453,6 +453,7 @@ def _fmt(value: object) -> str:
 def main() -> None:
     """Entry point: user errors are one line on stderr with exit code 2, never a traceback."""
     from fedrisk.consortium import ConsortiumError
+    from fedrisk.models import ModelFileError
     from fedrisk.privacy.accounting import PrivacyBudgetExceeded
     from fedrisk.privacy.keys import KeyFileError
     from fedrisk.privacy.ledger import LedgerError
@@ -460,7 +461,7 @@ def main() -> None:
     try:
         app()
     except (ConfigError, DataError, PrivacyBudgetExceeded, KeyFileError, LedgerError,
-            ConsortiumError) as error:
+            ConsortiumError, ModelFileError) as error:
         errors.print(f"[red]error:[/red] {error}", highlight=False)
         sys.exit(2)
 

@@ -5,6 +5,7 @@ scikit-learn, captum, torch and matplotlib): it reads a run directory, never a
 federation.
 """
 
+from fedrisk.models import ModelFileError
 from fedrisk.risk.calibration import Calibrator, fit_calibrator
 from fedrisk.risk.montecarlo import (
     LossSimulation,
@@ -14,7 +15,7 @@ from fedrisk.risk.montecarlo import (
     vasicek_loss_quantile,
 )
 from fedrisk.risk.portfolio import PortfolioResult, portfolio_loss
-from fedrisk.risk.run import ModelFileError, Run, load_model_file, load_run
+from fedrisk.risk.run import Run, load_run
 from fedrisk.risk.scoring import ScoringResult, score_applicants
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "basel_retail_correlation",
     "conditional_default_probability",
     "fit_calibrator",
-    "load_model_file",
     "load_run",
     "portfolio_loss",
     "score_applicants",
