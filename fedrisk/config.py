@@ -31,7 +31,10 @@ class RunConfig:
             (``privacy_budget_scope="run"``) or for its lifetime on this data
             (``"dataset"``). Noise is calibrated up front to meet it.
         max_grad_norm: per-record gradient clipping bound (L2), the DP sensitivity.
-        accountant: Opacus accountant used for calibration and reporting.
+        accountant: Opacus accountant used for calibration and reporting (a bank decides
+            budgets with the largest ε over this and its own policy's accountants).
+        eval_epsilon: each bank's ε for all evaluation statistics of this run (the noisy
+            score histograms of its held-out split), composed over the held-out population.
         personalization: ``"finetune"``: after the last round each bank fine-tunes the
             global model on its own rows for ``personalization_epochs`` (DP, charged to the
             same budget; the personalized model never leaves the bank) with the smaller
@@ -68,6 +71,7 @@ class RunConfig:
     target_delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
+    eval_epsilon: float = 1.0
     privacy_budget_scope: str = "run"
     personalization: str = "finetune"
     personalization_epochs: int = 1
@@ -153,6 +157,7 @@ class RunConfig:
             _require(self.target_epsilon > 0, "target-epsilon", "must be positive")
             _require(0 < self.target_delta < 1, "target-delta", "must be in (0, 1)")
             _require(self.max_grad_norm > 0, "max-grad-norm", "must be positive")
+            _require(self.eval_epsilon > 0, "eval-epsilon", "must be positive")
 
 
 def _require(condition: bool, key: str, problem: str) -> None:

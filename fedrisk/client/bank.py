@@ -7,6 +7,12 @@ Where a bank's data comes from:
   run config's ``data-dir``, and node ``partition-id`` picks the bank's entry; with no
   ``data-dir`` (plain ``flwr run .``), the partition of the embedded ``dataset``.
 Either way a bank reads only its own file.
+
+Where a bank's privacy policy comes from (:mod:`fedrisk.privacy.policy`): the node
+config's ``policy-path`` (deployment: the bank's own file), the manifest entry's
+``policy`` (simulation: written per bank by ``fedrisk simulate``), or, for the embedded
+demo without either, the simulation default. Never from the run config: the
+coordinator proposes runs, it does not set a bank's policy.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from fedrisk.data import (
     stratified_split,
 )
 from fedrisk.privacy.ledger import EgressLedger
+from fedrisk.privacy.policy import BankPolicy
 
 MANIFEST = "banks.json"
 
@@ -47,6 +54,7 @@ class Bank:
         train_grades / test_grades: grade indices when the contract names a grade column.
         state_dir: the bank's own directory for its ledger and keys.
         ledger: the bank's signed egress and privacy ledger for this data.
+        policy: the bank's own privacy policy (decides what it will do, whatever a run asks).
 
     """
 
@@ -59,6 +67,7 @@ class Bank:
     fingerprint: str
     state_dir: Path
     ledger: EgressLedger
+    policy: BankPolicy
     train_grades: np.ndarray | None = None
     test_grades: np.ndarray | None = None
 
@@ -82,6 +91,13 @@ class BankSource:
     state_dir: Path
     signing_key: Path | None = None
     embedded: str | None = None
+    policy_path: Path | None = None
+
+    def policy(self, config: RunConfig) -> BankPolicy:
+        """The bank's policy file, or the simulation default for the embedded demo."""
+        if self.policy_path is not None:
+            return BankPolicy.load(self.policy_path)
+        return BankPolicy.simulation_default(config.seed, config.test_fraction)
 
 
 def resolve_source(node_config: dict, config: RunConfig) -> BankSource:
@@ -90,9 +106,11 @@ def resolve_source(node_config: dict, config: RunConfig) -> BankSource:
         bank_id = str(node_config.get("bank-id", Path(str(node_config["data-path"])).stem))
         state = node_config.get("state-dir") or config.state_root / bank_id
         key = node_config.get("signing-key")
+        policy = node_config.get("policy-path")
         return BankSource(bank_id, Path(str(node_config["data-path"])),
                           Path(str(node_config["contract-path"])), Path(str(state)),
-                          Path(str(key)) if key else None)
+                          Path(str(key)) if key else None,
+                          policy_path=Path(str(policy)) if policy else None)
     if not config.data_dir:
         banks = list(embedded_banks(config.dataset, seed=config.seed))
         bank_id = banks[int(node_config["partition-id"]) % len(banks)]
@@ -101,9 +119,11 @@ def resolve_source(node_config: dict, config: RunConfig) -> BankSource:
     manifest_path = Path(config.data_dir) / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     entry = manifest["banks"][int(node_config["partition-id"])]
+    policy = entry.get("policy")
     return BankSource(entry["id"], manifest_path.parent / entry["file"],
                       manifest_path.parent / manifest["contract"],
-                      config.state_root / entry["id"])
+                      config.state_root / entry["id"],
+                      policy_path=manifest_path.parent / policy if policy else None)
 
 
 def load_bank(source: BankSource, config: RunConfig) -> Bank:
@@ -121,7 +141,9 @@ def load_bank(source: BankSource, config: RunConfig) -> Bank:
     report = check_table(table, contract, source=str(source.data_path or source.bank_id))
     if not report.ok:
         raise DataError(f"bank '{source.bank_id}' refuses to join: {report.errors[0]}")
-    train, test = stratified_split(table, contract, config.test_fraction, config.seed)
+    policy = source.policy(config)
+    # The held-out split is the bank's (its policy's fraction and seed), never the run's.
+    train, test = stratified_split(table, contract, policy.test_fraction, policy.split_seed)
     fingerprint = contract.fingerprint(table)
     ledger = EgressLedger.for_bank(source.state_dir, source.bank_id, fingerprint,
                                    source.signing_key)
@@ -129,7 +151,7 @@ def load_bank(source: BankSource, config: RunConfig) -> Bank:
         bank_id=source.bank_id, contract=contract,
         train_features=contract.encode(train), train_labels=contract.labels(train),
         test_features=contract.encode(test), test_labels=contract.labels(test),
-        fingerprint=fingerprint, state_dir=source.state_dir, ledger=ledger,
+        fingerprint=fingerprint, state_dir=source.state_dir, ledger=ledger, policy=policy,
         train_grades=contract.grades(train) if contract.grade else None,
         test_grades=contract.grades(test) if contract.grade else None,
     )

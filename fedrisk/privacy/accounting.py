@@ -12,11 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from opacus.accountants import create_accountant
 
 History = list[tuple[float, float, int]]
 ACCOUNTANTS = ("rdp", "prv", "gdp")
+# One accountant name, or several: ε is then the largest over them (the strictest).
+Accountants = str | Sequence[str]
 
 
 class PrivacyBudgetExceeded(RuntimeError):
@@ -50,22 +53,32 @@ def steps_per_epoch(n_records: int, batch_size: int) -> int:
 
 
 def compose_epsilon(history: Sequence[tuple[float, float, int]], delta: float,
-                    accountant: str = "rdp") -> float:
+                    accountant: Accountants = "rdp") -> float:
     """Return ε at ``delta`` of the composition of every step in ``history``.
 
     Args:
-        history: ``(noise_multiplier, sample_rate, steps)`` triples, in any order.
+        history: ``(noise_multiplier, sample_rate, steps)`` triples, in any order. A
+            Gaussian mechanism released once without sampling (an evaluation histogram,
+            a noisy count) is ``(noise_multiplier, 1.0, 1)``.
         delta: the δ at which ε is reported; must be below 1/n of the bank to be meaningful.
         accountant: Opacus accountant: ``"rdp"`` (an upper bound, the default),
-            ``"prv"`` (tighter numerically) or ``"gdp"`` (asymptotic, can underestimate).
+            ``"prv"`` (tighter numerically) or ``"gdp"`` (asymptotic, can underestimate);
+            or several, in which case ε is the largest of them.
 
     """
     if not history:
         return 0.0
     if any(sigma <= 0 for sigma, _, _ in history):
         return math.inf
+    names = (accountant,) if isinstance(accountant, str) else tuple(accountant)
+    steps = tuple((float(s), float(q), int(k)) for s, q, k in history)
+    return max(_epsilon(steps, float(delta), name) for name in names)
+
+
+@lru_cache(maxsize=4096)
+def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
     tracker = create_accountant(accountant)
-    tracker.history = [(float(s), float(q), int(k)) for s, q, k in history]
+    tracker.history = list(history)
     return float(tracker.get_epsilon(delta))
 
 
@@ -75,7 +88,7 @@ def calibrate_noise_multiplier(
     sample_rate: float,
     steps: int,
     prior_history: Sequence[tuple[float, float, int]] = (),
-    accountant: str = "rdp",
+    accountant: Accountants = "rdp",
     tolerance: float = 0.01,
 ) -> float:
     """Smallest noise multiplier whose planned steps, after ``prior_history``, meet the target.
@@ -116,7 +129,7 @@ def plan_schedule(
     target_epsilon: float,
     target_delta: float,
     prior_history: Sequence[tuple[float, float, int]] = (),
-    accountant: str = "rdp",
+    accountant: Accountants = "rdp",
     personalization_epochs: int = 0,
 ) -> DPSchedule:
     """Plan a bank's DP-SGD for a run: all ``rounds`` plus personalization meet the target ε."""
@@ -132,7 +145,8 @@ def plan_schedule(
 
 
 def check_budget(history: History, schedule: DPSchedule, target_epsilon: float,
-                 target_delta: float, accountant: str = "rdp", steps: int | None = None) -> float:
+                 target_delta: float, accountant: Accountants = "rdp",
+                 steps: int | None = None) -> float:
     """Return ε after ``steps`` more steps (default: one round); raise if over ``target_epsilon``.
 
     Called before every round, so a bank refuses to train instead of overspending.

@@ -68,7 +68,10 @@ from fedrisk.privacy.keys import (
 
 LEDGER_FORMAT = "fedrisk-ledger/1"
 GENESIS_KIND = "genesis"
-ENTRY_KINDS = frozenset({"privacy_spend", "egress", "blocked", "refusal", "note"})
+# privacy_spend: one DP-SGD phase on the training rows; release_spend: another accounted
+# release (noisy evaluation histograms of the held-out rows, a noisy published size).
+ENTRY_KINDS = frozenset({"privacy_spend", "release_spend", "egress", "blocked", "refusal",
+                         "note"})
 PRIVACY_SPEND_KEYS = (
     "run_id",
     "round",

@@ -20,6 +20,7 @@ from fedrisk.data import (
     stratified_split,
 )
 from fedrisk.models import ModelSpec
+from fedrisk.privacy.policy import BankPolicy
 from fedrisk.simulations.baselines import Split, centralized_auc, local_only_auc
 from fedrisk.simulations.engine import run_flower_simulation
 
@@ -37,6 +38,8 @@ class SimulationRequest:
             ``split_by`` (a column) or into ``banks`` banks (seeded Dirichlet skew).
         overrides: run-config keys (as in pyproject ``[tool.flwr.app.config]``).
         baselines: also train the centralized and local-only reference models.
+        bank_policy: a policy file applied to every bank (default: the simulation
+            default policy, with the run's test fraction and seed as the banks' split).
 
     """
 
@@ -48,6 +51,7 @@ class SimulationRequest:
     overrides: dict = field(default_factory=dict)
     baselines: bool = False
     verbose: bool = False
+    bank_policy: Path | None = None
 
 
 def simulate(request: SimulationRequest) -> dict:
@@ -59,7 +63,9 @@ def simulate(request: SimulationRequest) -> dict:
     config = RunConfig.from_run_config({"dataset": request.dataset, **request.overrides})
     output_dir = Path(config.output_dir).resolve()
     banks, contract = _bank_tables(request, config.seed)
-    data_dir = _materialize(banks, contract, output_dir / "data")
+    policy = (BankPolicy.load(request.bank_policy) if request.bank_policy
+              else BankPolicy.simulation_default(config.seed, config.test_fraction))
+    data_dir = _materialize(banks, contract, policy, output_dir / "data")
     overrides = {"output-dir": str(output_dir), "data-dir": str(data_dir),
                  "min-banks": len(banks)}
     if not config.bank_state_dir:
@@ -72,7 +78,7 @@ def simulate(request: SimulationRequest) -> dict:
     metrics_path = output_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     if request.baselines:
-        _add_baselines(metrics, banks, contract, config)
+        _add_baselines(metrics, banks, contract, policy, config)
         metrics_path.write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -94,14 +100,17 @@ def _bank_tables(request: SimulationRequest, seed: int) -> tuple[dict[str, pd.Da
     return banks, contract
 
 
-def _materialize(banks: dict[str, pd.DataFrame], contract: Contract, data_dir: Path) -> Path:
-    """Write one file per bank and the manifest that simulated nodes read by partition id."""
+def _materialize(banks: dict[str, pd.DataFrame], contract: Contract, policy: BankPolicy,
+                 data_dir: Path) -> Path:
+    """Write each bank's file and policy, and the manifest simulated nodes read by partition id."""
     data_dir.mkdir(parents=True, exist_ok=True)
     contract.save(data_dir / "contract.toml")
     entries = []
     for bank_id, table in banks.items():
         table.to_csv(data_dir / f"{bank_id}.csv", index=False)
-        entries.append({"id": bank_id, "file": f"{bank_id}.csv", "rows": len(table)})
+        policy.save(data_dir / "policies" / f"{bank_id}.toml")
+        entries.append({"id": bank_id, "file": f"{bank_id}.csv", "rows": len(table),
+                        "policy": f"policies/{bank_id}.toml"})
     manifest = {"contract": "contract.toml", "banks": entries}
     (data_dir / "banks.json").write_text(json.dumps(manifest, indent=2))
     return data_dir
@@ -119,12 +128,12 @@ def _check_secure_aggregation(config: RunConfig, banks: dict[str, pd.DataFrame])
                         f"bank's train size ({largest}); raise it with --secagg-max-weight")
 
 
-def bank_splits(banks: dict[str, pd.DataFrame], contract: Contract, config: RunConfig
+def bank_splits(banks: dict[str, pd.DataFrame], contract: Contract, policy: BankPolicy
                 ) -> dict[str, Split]:
-    """Each bank's encoded train/test split, exactly as its client makes it."""
+    """Each bank's encoded train/test split, exactly as its client makes it (policy's split)."""
     splits = {}
     for bank_id, table in banks.items():
-        train, test = stratified_split(table, contract, config.test_fraction, config.seed)
+        train, test = stratified_split(table, contract, policy.test_fraction, policy.split_seed)
         splits[bank_id] = (contract.encode(train), contract.labels(train),
                            contract.encode(test), contract.labels(test),
                            contract.grades(train) if contract.grade else None)
@@ -132,9 +141,9 @@ def bank_splits(banks: dict[str, pd.DataFrame], contract: Contract, config: RunC
 
 
 def _add_baselines(metrics: dict, banks: dict[str, pd.DataFrame], contract: Contract,
-                   config: RunConfig) -> None:
+                   policy: BankPolicy, config: RunConfig) -> None:
     log.info("training baselines: centralized non-private and local-only per bank")
-    splits = bank_splits(banks, contract, config)
+    splits = bank_splits(banks, contract, policy)
     spec = ModelSpec(config.model, contract.n_features, config.hidden_layers,
                      contract.prior_default_rate,
                      len(contract.grade_levels) if contract.grade else 0)
