@@ -64,6 +64,8 @@ def simulate(
         help='Other run-config keys, e.g. "batch-size=128 learning-rate=0.05".')] = None,
     baselines: Annotated[bool, typer.Option(
         help="Also train centralized and local-only baselines on the same splits.")] = False,
+    bank_policy: Annotated[Path | None, typer.Option(
+        help="A bank privacy policy (TOML) applied to every simulated bank.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower and Ray logs.")] = False,
 ) -> None:
     """Simulate a consortium of banks training a default model with DP on one machine."""
@@ -80,7 +82,7 @@ def simulate(
     overrides |= {k: v for k, v in flags.items() if v is not None}
     _show_progress(verbose)
     metrics = run_simulation(SimulationRequest(dataset, data, contract, split_by, banks,
-                                               overrides, baselines, verbose))
+                                               overrides, baselines, verbose, bank_policy))
     _print_summary(metrics, output_dir)
 
 
@@ -457,11 +459,13 @@ def main() -> None:
     from fedrisk.privacy.accounting import PrivacyBudgetExceeded
     from fedrisk.privacy.keys import KeyFileError
     from fedrisk.privacy.ledger import LedgerError
+    from fedrisk.privacy.policy import PolicyError
+    from fedrisk.simulations import SimulationError
 
     try:
         app()
     except (ConfigError, DataError, PrivacyBudgetExceeded, KeyFileError, LedgerError,
-            ConsortiumError, ModelFileError) as error:
+            ConsortiumError, ModelFileError, PolicyError, SimulationError) as error:
         errors.print(f"[red]error:[/red] {error}", highlight=False)
         sys.exit(2)
 

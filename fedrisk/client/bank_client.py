@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import secrets
 from dataclasses import replace
 
 import numpy as np
@@ -23,6 +25,7 @@ from fedrisk.privacy.accounting import (
     plan_schedule,
 )
 from fedrisk.privacy.dpsgd import TrainingSettings, predict_logits, train_locally
+from fedrisk.privacy.policy import PolicyRefusal
 
 log = logging.getLogger("fedrisk.bank")
 
@@ -73,8 +76,9 @@ class BankClient(NumPyClient):
             "run_id": self.run_id, "round": server_round, "event": "update computed",
             "update_sha256": hashlib.sha256(b"".join(map(ndarray_to_bytes, update))).hexdigest(),
         })
-        metrics = self._fit_metrics(result.mean_loss, schedule, spend)
-        return update, self.bank.n_train, metrics | {"ledger_head": self.bank.ledger.head_hash}
+        size = self.published_size()
+        metrics = self._fit_metrics(size, schedule, spend)
+        return update, size, metrics | {"ledger_head": self.bank.ledger.head_hash}
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[
             float, int, dict[str, Scalar]]:
@@ -136,12 +140,77 @@ class BankClient(NumPyClient):
                                 self.config.momentum,
                                 self.config.max_grad_norm, mu)
 
+    @property
+    def accountants(self) -> tuple[str, ...]:
+        """What budgets are decided with: the bank's policy accountants plus the run's."""
+        return self.bank.policy.accountants_for(self.config)
+
+    def admit(self) -> None:
+        """Check the proposed run against the bank's policy before touching a row.
+
+        Raises :class:`PolicyRefusal` naming the policy key the run would break: the run
+        config's rules (DP, ε and δ caps, accountant, secure aggregation, split, model),
+        and the lifetime cap on this table over the whole planned run; or
+        :class:`PrivacyBudgetExceeded` when a dataset-scoped budget is already spent.
+        """
+        policy, cfg = self.bank.policy, self.config
+        policy.check_run(cfg, self.bank.n_train)
+        if math.isinf(policy.max_epsilon_lifetime):
+            return
+        if not cfg.dp:
+            raise PolicyRefusal("max-epsilon-lifetime", "a non-private run has unbounded ε, "
+                                "and this table has a lifetime cap")
+        prior = (_history_by_run(self.bank.ledger, exclude=self.run_id)
+                 if cfg.privacy_budget_scope == "dataset" else [])
+        schedule = self._plan(prior)  # PrivacyBudgetExceeded: this data's budget is spent
+        run_steps = (cfg.num_server_rounds * schedule.steps_per_round
+                     + schedule.personalization_steps)
+        self._check_lifetime([(schedule.noise_multiplier, schedule.sample_rate, run_steps)])
+
+    def _check_lifetime(self, planned: list[tuple[float, float, int]]) -> None:
+        """Refuse if this table's lifetime ε (everything released, plus ``planned``) > cap."""
+        policy = self.bank.policy
+        if math.isinf(policy.max_epsilon_lifetime):
+            return
+        history = [*lifetime_history(self.bank.ledger), *planned]
+        epsilon = compose_epsilon(history, policy.max_delta, self.accountants)
+        if epsilon > policy.max_epsilon_lifetime:
+            raise PolicyRefusal("max-epsilon-lifetime", f"this table's lifetime ε would reach "
+                                f"{epsilon:.3f} > {policy.max_epsilon_lifetime:g} at "
+                                f"δ={policy.max_delta:g}")
+
+    def published_size(self) -> int:
+        """The bank's training-set size as it may leave, under the policy's ``size-disclosure``.
+
+        ``"public"``: the exact count (the bank declares it public). ``"dp"``: a Gaussian
+        noisy count (sensitivity 1, σ = ``size-noise-multiplier``), drawn once per table,
+        recorded write-ahead as a ``release_spend`` entry and reused by every later run, so
+        it costs ε once.
+        """
+        policy, ledger = self.bank.policy, self.bank.ledger
+        if policy.size_disclosure == "public":
+            return self.bank.n_train
+        for entry in ledger.entries():
+            if entry.kind == "release_spend" and entry.body.get("release") == "size":
+                return int(entry.body["value"])
+        sigma = policy.size_noise_multiplier
+        self._check_lifetime([(sigma, 1.0, 1)])
+        rng = np.random.default_rng(secrets.randbits(128))
+        value = max(1, round(self.bank.n_train + rng.normal(0.0, sigma)))
+        ledger.append("release_spend", {
+            "run_id": self.run_id, "round": 0, "release": "size", "population": "training rows",
+            "mechanism": "gaussian", "noise_multiplier": sigma, "sensitivity": 1.0,
+            "sample_rate": 1.0, "steps": 1, "value": value,
+        })
+        return value
+
     def _plan(self, prior: list[tuple[float, float, int]]) -> DPSchedule:
         """Plan the run: σ meets the budget over all rounds plus personalization."""
         cfg = self.config
         return plan_schedule(self.bank.n_train, cfg.batch_size, cfg.local_epochs,
                              cfg.num_server_rounds, cfg.target_epsilon, cfg.target_delta, prior,
-                             cfg.accountant, personalization_epochs=self._personalization_epochs())
+                             self.accountants,
+                             personalization_epochs=self._personalization_epochs())
 
     def _personalization_epochs(self) -> int:
         return self.config.personalization_epochs if self.config.personalization != "none" else 0
@@ -160,7 +229,8 @@ class BankClient(NumPyClient):
             schedule = self._plan(prior)
             steps = schedule.steps_per_round if phase == "train" else schedule.personalization_steps
             check_budget([*prior, *ledger.privacy_history(self.run_id)], schedule,
-                         cfg.target_epsilon, cfg.target_delta, cfg.accountant, steps)
+                         cfg.target_epsilon, cfg.target_delta, self.accountants, steps)
+            self._check_lifetime([(schedule.noise_multiplier, schedule.sample_rate, steps)])
         except PrivacyBudgetExceeded as refusal:
             ledger.append("refusal", {"run_id": self.run_id, "round": server_round,
                                       "phase": phase, "reason": str(refusal)})
@@ -176,17 +246,19 @@ class BankClient(NumPyClient):
             "run_id": self.run_id, "round": server_round, "phase": phase,
             "noise_multiplier": schedule.noise_multiplier, "sample_rate": schedule.sample_rate,
             "steps": steps, "max_grad_norm": cfg.max_grad_norm,
-            "delta": cfg.target_delta, "accountant": cfg.accountant,
-            "epsilon": compose_epsilon(run_history, cfg.target_delta, cfg.accountant),
-            "epsilon_lifetime": compose_epsilon(lifetime, cfg.target_delta, cfg.accountant),
+            "delta": cfg.target_delta, "accountant": self.accountants[0],
+            "accountants": list(self.accountants),
+            "epsilon": compose_epsilon(run_history, cfg.target_delta, self.accountants),
+            "epsilon_lifetime": compose_epsilon(lifetime, cfg.target_delta, self.accountants),
         }
         ledger.append("privacy_spend", spend)
         return schedule, spend
 
-    def _fit_metrics(self, mean_loss: float, schedule: DPSchedule | None,
+    def _fit_metrics(self, size: int, schedule: DPSchedule | None,
                      spend: dict | None) -> dict[str, Scalar]:
-        metrics: dict[str, Scalar] = {"bank_id": self.bank.bank_id, "n_train": self.bank.n_train,
-                                      "train_loss": mean_loss, "dp": schedule is not None,
+        # No training loss: an un-noised statistic of the training rows never leaves.
+        metrics: dict[str, Scalar] = {"bank_id": self.bank.bank_id, "n_train": size,
+                                      "dp": schedule is not None,
                                       "n_grades": self.spec.n_grades,
                                       "prior_default_rate": self.spec.prior_default_rate}
         if schedule is None:
@@ -200,6 +272,13 @@ class BankClient(NumPyClient):
             "sample_rate": schedule.sample_rate,
             "steps": schedule.steps_per_round,
         }
+
+
+def lifetime_history(ledger) -> list[tuple[float, float, int]]:
+    """Every accounted release on this table: DP-SGD phases and other releases, all runs."""
+    releases = [(float(e.body["noise_multiplier"]), float(e.body["sample_rate"]),
+                 int(e.body["steps"])) for e in ledger.entries() if e.kind == "release_spend"]
+    return [*ledger.privacy_history(None), *releases]
 
 
 def _history_by_run(ledger, exclude: str) -> list[tuple[float, float, int]]:

@@ -12,6 +12,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from fedrisk.client.bank import bank_for_context
 from fedrisk.client.bank_client import BankClient
 from fedrisk.client.guard import egress_guard_mod
+from fedrisk.client.policy_mod import policy_mod
 from fedrisk.config import RunConfig
 
 
@@ -33,5 +34,5 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     return call_next(msg, context)
 
 
-# The guard is outermost: it sees exactly what would leave, after SecAgg+ masking.
-app = ClientApp(client_fn=client_fn, mods=[egress_guard_mod, secure_aggregation_mod])
+# The policy decides first; the guard then sees exactly what would leave, after masking.
+app = ClientApp(client_fn=client_fn, mods=[policy_mod, egress_guard_mod, secure_aggregation_mod])

@@ -134,7 +134,8 @@ class RunRecorder:
         last = self.rounds[-1] if self.rounds else {}
         banks = []
         for bank_id, bank in sorted(self.banks.items()):
-            entry = {"id": bank_id, **bank}
+            # train_loss is kept for the schema but never sent: it is not a DP statistic.
+            entry = {"id": bank_id, "train_loss": None, **bank}
             if self.config.dp and "n_train" in bank:
                 entry["delta_below_1_over_n"] = self.config.target_delta < 1 / bank["n_train"]
             banks.append(entry)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
-from flwr.app import Context
+from flwr.app import Context, Message
+from flwr.common import GetParametersIns, Parameters
+from flwr.common.constant import MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
@@ -16,6 +20,12 @@ from fedrisk.server.run_record import RunRecorder
 from fedrisk.server.strategy import UpdateAggregation, make_strategy
 
 app = ServerApp()
+REFUSALS_FILE = "refusals.json"
+BANKS_WAIT_SECONDS = 120.0
+
+
+class RunRefused(RuntimeError):
+    """No bank agreed to take part; the message lists what each bank answered."""
 
 
 def secure_aggregation_facts(config: RunConfig) -> dict[str, object]:
@@ -52,13 +62,47 @@ def main(grid: Grid, context: Context) -> None:
     """Run the configured rounds of federated training and write the run's outputs."""
     config = RunConfig.from_run_config(dict(context.run_config))
     recorder = RunRecorder(config, context.run_id, secure_aggregation_facts(config))
-    strategy = UpdateAggregation(make_strategy(config), recorder.on_fit, recorder.on_evaluate)
+    initial = initial_parameters(grid, config)
+    strategy = UpdateAggregation(make_strategy(config), recorder.on_fit, recorder.on_evaluate,
+                                 initial)
     legacy = LegacyContext(context=context, strategy=strategy,
                            config=ServerConfig(num_rounds=config.num_server_rounds))
     DefaultWorkflow(fit_workflow=fit_workflow(config))(grid, legacy)
     final = compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD],
                                              keep_input=True)
     recorder.write(final, Path(config.output_dir))
+
+
+def initial_parameters(grid: Grid, config: RunConfig) -> Parameters:
+    """Propose the run to every bank; the first bank that accepts sends the seeded initial model.
+
+    This is each bank's first message of the run: a bank checks the proposal against its
+    own policy here and refuses at once (``refused: <policy key>``). When every bank
+    refuses, the run stops with :class:`RunRefused` listing the answers (also written to
+    ``output-dir/refusals.json``), instead of training nothing for every round.
+    """
+    nodes = _wait_for_banks(grid, config.min_banks)
+    content = compat.getparametersins_to_recorddict(GetParametersIns({}))
+    replies = grid.send_and_receive([
+        Message(content=content.copy(), dst_node_id=node, message_type=(
+            MessageTypeLegacy.GET_PARAMETERS), group_id="0") for node in nodes])
+    answers = []
+    for reply in replies:
+        if reply.has_content() and reply.content.array_records:
+            return compat.arrayrecord_to_parameters(
+                next(iter(reply.content.array_records.values())), keep_input=True)
+        answers.append(reply.error.reason if reply.has_error() else "no initial model")
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / REFUSALS_FILE).write_text(json.dumps({"answers": sorted(answers)}, indent=2))
+    raise RunRefused("no bank accepted the run: " + "; ".join(sorted(answers)))
+
+
+def _wait_for_banks(grid: Grid, minimum: int) -> list[int]:
+    deadline = time.monotonic() + BANKS_WAIT_SECONDS
+    while len(nodes := list(grid.get_node_ids())) < minimum and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return nodes
 
 
 def _count_or_fraction(value: float) -> int | float:

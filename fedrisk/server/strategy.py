@@ -41,8 +41,10 @@ class UpdateAggregation(Strategy):
 
     def __init__(self, make_strategy: Callable[[Parameters], Strategy],
                  on_fit: Callable[[int, list, list], None] | None = None,
-                 on_evaluate: Callable[[int, list, list], None] | None = None) -> None:
-        """Keep a factory for the wrapped strategy and observers of results."""
+                 on_evaluate: Callable[[int, list, list], None] | None = None,
+                 initial: Parameters | None = None) -> None:
+        """Keep a factory for the wrapped strategy, observers of results, the initial model."""
+        self._initial = initial
         self._make_strategy = make_strategy
         self._strategy: Strategy | None = None
         self._current: Parameters | None = None
@@ -50,8 +52,8 @@ class UpdateAggregation(Strategy):
         self._on_evaluate = on_evaluate
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        """None: the initial weights come from one bank's seeded model (no data involved)."""
-        return None
+        """The seeded initial model a bank sent when the run was proposed (no data involved)."""
+        return self._initial
 
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:

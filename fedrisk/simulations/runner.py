@@ -25,6 +25,11 @@ from fedrisk.simulations.baselines import Split, centralized_auc, local_only_auc
 from fedrisk.simulations.engine import run_flower_simulation
 
 log = logging.getLogger("fedrisk")
+REFUSALS_FILE = "refusals.json"  # written by the ServerApp when no bank accepted the run
+
+
+class SimulationError(RuntimeError):
+    """The simulated run produced no result; the message (one line) says why."""
 
 
 @dataclass
@@ -73,14 +78,33 @@ def simulate(request: SimulationRequest) -> dict:
     config = RunConfig.from_run_config({**config.to_run_config(), **overrides})
     _check_secure_aggregation(config, banks)
     log.info("simulating %d banks: %s", len(banks), ", ".join(banks))
-    run_flower_simulation(config.to_run_config(), len(banks), output_dir / "app",
-                          verbose=request.verbose)
     metrics_path = output_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
+    for stale in (metrics_path, output_dir / REFUSALS_FILE):
+        stale.unlink(missing_ok=True)
+    try:
+        run_flower_simulation(config.to_run_config(), len(banks), output_dir / "app",
+                              verbose=request.verbose)
+    except Exception:
+        if not (output_dir / REFUSALS_FILE).is_file():
+            raise
+    metrics = _read_metrics(output_dir)
     if request.baselines:
         _add_baselines(metrics, banks, contract, policy, config)
         metrics_path.write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _read_metrics(output_dir: Path) -> dict:
+    """metrics.json of the finished run, or a one-line :class:`SimulationError` saying why not."""
+    refusals = output_dir / REFUSALS_FILE
+    if refusals.is_file():
+        answers = json.loads(refusals.read_text())["answers"]
+        raise SimulationError(f"no bank accepted the run: {'; '.join(answers)}")
+    path = output_dir / "metrics.json"
+    if not path.is_file():
+        raise SimulationError(f"the run failed before writing {path} (rerun with --verbose "
+                              "for Flower's log)")
+    return json.loads(path.read_text())
 
 
 def _bank_tables(request: SimulationRequest, seed: int) -> tuple[dict[str, pd.DataFrame], Contract]:
