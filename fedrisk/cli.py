@@ -100,13 +100,16 @@ def score(
     lgd: Annotated[float, typer.Option(help="Loss given default (0 to 1).")] = 0.45,
     reasons: Annotated[bool, typer.Option("--reasons/--no-reasons",
                                           help="Top three reasons per applicant.")] = True,
+    bank_policy: Annotated[Path | None, typer.Option(
+        help="Your bank policy: its split-seed locates your held-out split for calibration.")]
+    = None,
 ) -> None:
     """Score applicants: PD, risk band, grade, expected loss and reasons; bad rows to rejects."""
     from fedrisk.risk import score_applicants
 
     result = score_applicants(model, data, output, calibration_data=calibration_data,
                               calibration_method=calibration_method, lgd=lgd,
-                              with_reasons=reasons)
+                              with_reasons=reasons, seed=_split_seed(bank_policy))
     console.print(f"scored {result.n_scored:,} of {result.n_applicants:,} applicants "
                   f"({result.calibration} PD) -> {result.output_path}", highlight=False)
     console.print(f"rejected {result.n_rejected:,}, each with its reason -> "
@@ -139,6 +142,9 @@ def portfolio(
         help="The bank's own table (calibrate PDs on its held-out split) or a calibrator .json."
     )] = None,
     workers: Annotated[int, typer.Option(help="Simulation threads (same result for any).")] = 1,
+    bank_policy: Annotated[Path | None, typer.Option(
+        help="Your bank policy: its split-seed locates your held-out split for calibration.")]
+    = None,
     output_dir: Annotated[Path, typer.Option(
         "-o", "--output-dir", help="Where portfolio.json, loss_distribution.png and "
         "contributions.csv go.")] = Path("portfolio"),
@@ -148,7 +154,8 @@ def portfolio(
 
     result = portfolio_loss(model, data, scenarios=scenarios, asset_correlation=asset_correlation,
                             lgd=lgd, seed=seed, output_dir=output_dir,
-                            calibration_data=calibration_data, workers=workers)
+                            calibration_data=calibration_data, workers=workers,
+                            split_seed=_split_seed(bank_policy))
     correlation = ("Basel II retail rho(PD)" if asset_correlation is None
                    else f"{asset_correlation:g}")
     console.print(f"{result.n_loans:,} loans, exposure {result.total_exposure:,.0f}, LGD "
@@ -258,6 +265,15 @@ def consortium_down_command(
     names = consortium_down(directory, timeout)
     console.print(f"stopped {len(names)} processes: {', '.join(names) or 'none were running'}",
                   highlight=False)
+
+
+def _split_seed(bank_policy: Path | None) -> int | None:
+    """The held-out split seed of a bank's policy (None: the run's seed, as in a simulation)."""
+    if bank_policy is None:
+        return None
+    from fedrisk.privacy.policy import BankPolicy
+
+    return BankPolicy.load(bank_policy).split_seed
 
 
 def _parse_bank_paths(items: list[str] | None) -> dict[str, Path] | None:

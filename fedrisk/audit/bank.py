@@ -73,6 +73,8 @@ class BankData:
         contract: the consortium's data contract.
         state_dir: the bank's state directory (``ledgers/``, ``personalized/``), if any.
         reported: the bank's entry of metrics.json (what it told the coordinator), if any.
+        split: the bank's own held-out split as ``(test_fraction, split_seed)`` (its
+            policy's); None uses the run config's ``test-fraction`` and ``seed``.
 
     """
 
@@ -81,6 +83,7 @@ class BankData:
     contract: Contract
     state_dir: Path | None = None
     reported: dict[str, Any] = field(default_factory=dict)
+    split: tuple[float, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,9 @@ def bank_audit(bank: BankData, model: nn.Module, run: RunFacts,
     train_fn = train_fn or bank_training_path()
     started = time.monotonic()
     config, contract = run.config, bank.contract
-    train, test = stratified_split(bank.table, contract, float(config.get("test-fraction", 0.2)),
-                                   int(config.get("seed", 0)))
+    test_fraction, split_seed = bank.split or (float(config.get("test-fraction", 0.2)),
+                                               int(config.get("seed", 0)))
+    train, test = stratified_split(bank.table, contract, test_fraction, split_seed)
     split = _Split(contract, train, test, with_grades=run.spec.n_grades > 0)
     fingerprint = contract.fingerprint(bank.table)
     threshold = settings.threshold or operating_threshold(contract)

@@ -206,7 +206,9 @@ def _cumulative_check(phases: list[dict], delta: float) -> dict[str, Any]:
     for index, phase in enumerate(phases):
         history = tuple((p["noise_multiplier"], p["sample_rate"], p["steps"]) for p in
                         phases[: index + 1])
-        expected = cached_epsilon(history, delta, phase.get("accountant") or "rdp")
+        expected = cached_epsilon(history, delta,
+                                  tuple(phase.get("accountants") or [phase.get("accountant")
+                                                                     or "rdp"]))
         error = _relative(phase.get("epsilon"), expected)
         if error > worst:
             worst, where = error, (phase, expected)

@@ -23,7 +23,7 @@ NEIGHBOURING = ("add/remove one record (unbounded DP); each DP-SGD step samples 
 
 @lru_cache(maxsize=256)
 def cached_epsilon(history: tuple[tuple[float, float, int], ...], delta: float,
-                   accountant: str) -> float:
+                   accountant: str | tuple[str, ...]) -> float:
     """ε at ``delta`` of ``history`` with an Opacus accountant (memoized: RDP/PRV are slow).
 
     Privacy meaning: the upper bound on how much any one record can change the

@@ -16,6 +16,7 @@ from typing import Any
 
 from fedrisk.data import Contract, DataError, read_table
 from fedrisk.models import load_model
+from fedrisk.privacy.policy import BankPolicy
 
 from .bank import AuditSettings, BankData, RunFacts, bank_audit
 from .render import write_html
@@ -65,8 +66,17 @@ def bank_inputs(run_dir: Path, metrics: dict[str, Any], banks: list[str] | None 
         known = ", ".join(e["id"] for e in manifest["banks"])
         raise AuditError(f"unknown bank in {', '.join(banks)}; this run has {known}")
     return [BankData(e["id"], read_table(data_dir / e["file"]), contract,
-                     Path(run_dir) / "banks" / e["id"], reported.get(e["id"], {}))
+                     Path(run_dir) / "banks" / e["id"], reported.get(e["id"], {}),
+                     _policy_split(data_dir, e))
             for e in entries]
+
+
+def _policy_split(data_dir: Path, entry: dict[str, Any]) -> tuple[float, int] | None:
+    """A simulated bank's own held-out split, from the policy the manifest names."""
+    if "policy" not in entry:
+        return None
+    policy = BankPolicy.load(data_dir / entry["policy"])
+    return policy.test_fraction, policy.split_seed
 
 
 def audit_parts(run_dir: Path, banks: list[str] | None, settings: AuditSettings,

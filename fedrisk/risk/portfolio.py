@@ -111,6 +111,7 @@ def portfolio_loss(
     contribution_level: float = 0.99,
     n_top_contributors: int = 10,
     id_column: str = "loan_id",
+    split_seed: int | None = None,
     workers: int = 1,
     candidates_per_block: int = 1_000_000,
 ) -> PortfolioResult:
@@ -134,6 +135,8 @@ def portfolio_loss(
         contribution_level: level whose expected shortfall is allocated to loans.
         n_top_contributors: loans listed in ``portfolio.json``.
         id_column: copied to the contributions when the book has it.
+        split_seed: the bank's held-out split seed (its policy's ``split-seed``) for
+            calibration; None uses the run's ``seed`` (a simulation's default policy).
         workers: threads for the simulation (results do not depend on it).
         candidates_per_block: memory bound of the simulation, see
             :func:`fedrisk.risk.montecarlo.simulate_losses`.
@@ -150,7 +153,7 @@ def portfolio_loss(
                         "loss needs each loan's exposure")
     out = None if output_dir is None else _output_dir(output_dir)
     loans = _score_book(run, Path(book_path), out, calibration_data, calibration_method, lgd,
-                        id_column)
+                        id_column, split_seed)
     pd_, exposure = loans[PD_COLUMN].to_numpy(), loans[EXPOSURE_COLUMN].to_numpy()
     correlation = basel_retail_correlation(pd_) if asset_correlation is None else asset_correlation
     started = time.perf_counter()
@@ -193,7 +196,8 @@ def _output_dir(path: str | Path) -> Path:
 
 
 def _score_book(run: Run, book_path: Path, out: Path | None, calibration_data: str | Path | None,
-                calibration_method: str, lgd: float, id_column: str) -> pd.DataFrame:
+                calibration_method: str, lgd: float, id_column: str,
+                split_seed: int | None) -> pd.DataFrame:
     """PD, exposure and expected loss of every loan; refuses a book with bad loans."""
     checked = check_rows(read_table(book_path), run.contract, str(book_path), need_exposure=True)
     if len(checked.rejects):
@@ -207,7 +211,7 @@ def _score_book(run: Run, book_path: Path, out: Path | None, calibration_data: s
             f" loans fail the contract (row {first[ROW_COLUMN]}: {first['reason']}){where}; "
             "a portfolio loss without them would understate risk")
     calibrator = (None if calibration_data is None
-                  else calibrator_for(run, calibration_data, calibration_method, None))
+                  else calibrator_for(run, calibration_data, calibration_method, split_seed))
     return score_rows(run, checked.valid, calibrator=calibrator, lgd=lgd, n_reasons=0,
                       id_column=id_column, batch_size=65_536)
 
