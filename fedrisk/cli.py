@@ -200,8 +200,11 @@ def consortium_init(
     if bank_ids:
         console.print(f"one machine: fedrisk consortium up {root} && fedrisk consortium run "
                       f"{root} --rounds 2", markup=False, highlight=False, soft_wrap=True)
-    console.print("separate hosts, each party on its own (the bank steps already ran here for "
-                  "the demo):", highlight=False)
+        console.print("separate hosts, each party on its own (the bank steps already ran here "
+                      "for the demo):", highlight=False)
+    else:
+        console.print("next, on each bank's host: fedrisk consortium bank-init, then here: "
+                      "fedrisk consortium register", highlight=False)
     for step in provisioned.walkthrough:
         console.print(f"[bold]{step.party}[/bold]")
         for line in step.lines:
