@@ -111,7 +111,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder) / "consortium"
-        init_consortium(root, BANKS, base_port=free_base_port(len(BANKS) + 1))
+        init_consortium(root, BANKS, base_port=free_base_port(len(BANKS) + 2))
         pooled, contract = pooled_tables(root, Path(folder))
         for i in range(args.repeat):
             rows.append(simulate(pooled, contract, args.rounds, Path(folder) / f"sim-{i}"))

@@ -175,7 +175,7 @@ def portfolio(
                   f"{result.contributions_path}", highlight=False)
 
 
-consortium_app = typer.Typer(help="Deploy a consortium: keys, TLS, one SuperNode per bank.",
+consortium_app = typer.Typer(help="Deploy a consortium: keys, TLS, proxy, one SuperNode per bank.",
                               no_args_is_help=True)
 app.add_typer(consortium_app, name="consortium")
 
@@ -183,29 +183,87 @@ app.add_typer(consortium_app, name="consortium")
 @consortium_app.command("init")
 def consortium_init(
     directory: Annotated[Path, typer.Argument(help="Consortium directory to create.")],
-    banks: Annotated[str, typer.Option(help="Comma-separated bank ids, e.g. bank-a,bank-b.")],
+    banks: Annotated[str, typer.Option(
+        help="Comma-separated bank ids for the one-machine demo, e.g. bank-a,bank-b "
+             "(default: the coordinator's side only; banks join with bank-init + register).")]
+    = "",
     coordinator_host: Annotated[str, typer.Option(help="Host name or IP the banks dial.")]
     = "127.0.0.1",
     data: Annotated[list[str] | None, typer.Option(
-        help="BANK=PATH, repeatable (default: each bank gets an embedded lending_club region).")]
+        help="BANK=PATH, repeatable, read in place (default: each bank gets an embedded "
+             "lending_club region in its folder).")]
     = None,
     contract: Annotated[Path | None, typer.Option(help="Contract of --data.")] = None,
-    base_port: Annotated[int, typer.Option(help="SuperLink port; bank i gets base-port+1+i.")]
-    = 9300,
+    base_port: Annotated[int, typer.Option(
+        help="Fleet port banks dial; the SuperLink takes base-port+1 on 127.0.0.1, demo bank i "
+             "base-port+2+i.")] = 9300,
     force: Annotated[bool, typer.Option(help="Replace existing keys.")] = False,
 ) -> None:
-    """Provision a consortium: CA, SuperLink TLS, bank keys; print each party's command."""
+    """Provision a consortium: CA, SuperLink TLS, proxy; with --banks the one-machine demo."""
     from fedrisk.consortium import init_consortium
 
     bank_ids = [b.strip() for b in banks.split(",") if b.strip()]
     provisioned = init_consortium(directory, bank_ids, coordinator_host, _parse_bank_paths(data),
                                   contract, force, base_port)
-    for line in provisioned.warnings:
-        errors.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
-    for party, lines in provisioned.commands.items():
-        console.print(f"[bold]{party}[/bold]")
-        for line in lines:
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    root = provisioned.layout.root
+    if bank_ids:
+        console.print(f"one machine: fedrisk consortium up {root} && fedrisk consortium run "
+                      f"{root} --rounds 2", markup=False, highlight=False, soft_wrap=True)
+        console.print("separate hosts, each party on its own (the bank steps already ran here "
+                      "for the demo):", highlight=False)
+    else:
+        console.print("next, on each bank's host: fedrisk consortium bank-init, then here: "
+                      "fedrisk consortium register", highlight=False)
+    for step in provisioned.walkthrough:
+        console.print(f"[bold]{step.party}[/bold]")
+        for line in step.lines:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+@consortium_app.command("bank-init")
+def consortium_bank_init(
+    bank_dir: Annotated[Path, typer.Argument(help="The bank's folder to create (on its host).")],
+    bank_id: Annotated[str, typer.Option(help="The bank's id in the consortium.")],
+    data: Annotated[Path, typer.Option(help="The bank's own table (read in place).")],
+    contract: Annotated[Path, typer.Option(help="The contract the consortium agreed on.")],
+    fleet_address: Annotated[str, typer.Option(help="HOST:PORT the coordinator gave you.")],
+    ca: Annotated[Path, typer.Option(help="The consortium CA certificate the coordinator gave "
+                                          "you.")],
+    runtime_port: Annotated[int, typer.Option(
+        help="Port of the SuperNode's Runtime API on this host's 127.0.0.1.")] = 9094,
+    force: Annotated[bool, typer.Option(help="Make new keys (a signing key with a ledger is "
+                                             "kept).")] = False,
+) -> None:
+    """On the bank's host: make its own keys and policy, check its table, write its bundle."""
+    from fedrisk.consortium import bank_init, join_command
+
+    paths = bank_init(bank_dir, bank_id, data, contract, fleet_address, ca, runtime_port, force)
+    console.print(f"bank '{bank_id}': keys made in {paths.root / 'keys'} (0600, never leave "
+                  f"this host), policy {paths.policy}", highlight=False)
+    console.print(f"send {paths.public_bundle} to the coordinator (public keys only)",
+                  highlight=False)
+    console.print("once registered, join from inside the folder:", highlight=False)
+    console.print(f"  cd {paths.root} && umask 077", markup=False, highlight=False)
+    console.print(f"  {join_command(paths)}", markup=False, highlight=False, soft_wrap=True)
+
+
+@consortium_app.command("register")
+def consortium_register(
+    directory: Annotated[Path, typer.Argument(help="The consortium directory.")],
+    bundle: Annotated[Path, typer.Argument(help="A bank's public-bundle.json.")],
+    replace: Annotated[bool, typer.Option(help="Accept new keys for a registered bank.")]
+    = False,
+) -> None:
+    """On the coordinator's host: register a bank from its public bundle."""
+    from fedrisk.consortium import register_bundle
+
+    registration = register_bundle(directory, bundle, replace)
+    line = f"registered bank '{registration.bank}'"
+    if registration.node_id is None:
+        line += " (the SuperLink is not running: `consortium up` registers its node key)"
+    else:
+        line += f" with the running SuperLink as node {registration.node_id}"
+    console.print(line, highlight=False)
 
 
 @consortium_app.command("up")
@@ -215,11 +273,15 @@ def consortium_up_command(
         help="warm: fork each message from a process with torch loaded; subprocess: Flower's "
              "default, a fresh flwr-clientapp per message.")] = "warm",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every party.")] = 120.0,
+    coordinator_only: Annotated[bool, typer.Option(
+        help="Start the SuperLink and the proxy only (the banks run on their own hosts).")]
+    = False,
 ) -> None:
-    """Start the SuperLink and one SuperNode per bank on this machine (loopback)."""
+    """Start the SuperLink, the bank-facing proxy and one SuperNode per bank (loopback)."""
     from fedrisk.consortium import consortium_up
 
-    for record in consortium_up(directory, clientapp=clientapp, timeout=timeout):
+    for record in consortium_up(directory, clientapp=clientapp, timeout=timeout,
+                                coordinator_only=coordinator_only):
         console.print(f"{record.name}: pid {record.pid}, log {record.log}", highlight=False)
 
 

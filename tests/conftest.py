@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,22 @@ def dp_run(tmp_path_factory) -> tuple[Path, dict]:
     """One 3-round DP simulation on lending_club with secure aggregation (the default)."""
     output = tmp_path_factory.mktemp("dp_run")
     return output, simulate(output, "--rounds", "3", "--target-epsilon", "3")
+
+
+@pytest.fixture(scope="session")
+def consortium(tmp_path_factory) -> Path:
+    """One consortium on loopback (SuperLink behind the nginx proxy, three banks), started
+    once for the deployment tests and the outsider tests, stopped by pid at the end."""
+    from deployment import BANKS, START_TIMEOUT, free_base_port, processes_mentioning
+
+    from fedrisk.consortium import consortium_down, consortium_up, init_consortium
+
+    root = tmp_path_factory.mktemp("consortium") / "demo"
+    init_consortium(root, BANKS, base_port=free_base_port(10))
+    try:
+        consortium_up(root, timeout=START_TIMEOUT)
+        yield root
+    finally:
+        consortium_down(root)
+        time.sleep(0.5)
+        assert processes_mentioning(str(root)) == []

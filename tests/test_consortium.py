@@ -1,90 +1,47 @@
-"""Consortium deployment with real processes on loopback: TLS, node authentication, one bank
-per SuperNode. One consortium (3 banks) is started once for the module and stopped by pid."""
+"""Consortium deployment with real processes on loopback: TLS, the bank-facing nginx proxy,
+node authentication, one bank per SuperNode. One consortium (3 banks, the session fixture
+`consortium` in conftest.py, shared with tests/adversarial) is started once and stopped by pid."""
 
-import os
-import random
+import re
 import socket
 import stat
 import time
 from pathlib import Path
 
 import pytest
+from deployment import (
+    BANKS,
+    RUN_TIMEOUT,
+    START_TIMEOUT,
+    bank_log,
+    free_base_port,
+    processes_mentioning,
+    unregistered_bank,
+)
 
 from fedrisk.consortium import (
     ConsortiumError,
     Layout,
     RunFailedError,
-    add_bank,
     consortium_down,
     consortium_run,
     consortium_up,
     init_consortium,
     pki,
+    proxy,
     start_bank,
 )
+from fedrisk.consortium.layout import read_bank, read_settings
 from fedrisk.consortium.processes import read_records
 from fedrisk.data import check_table_file, read_table
-from fedrisk.privacy.ledger import verify_path
-
-BANKS = ["northeast", "midwest", "south_atlantic"]
-START_TIMEOUT = 150.0
-RUN_TIMEOUT = 600.0
-
-
-def free_base_port(count: int) -> int:
-    """A base port with `count` consecutive free ports on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        if all(_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Live processes (pid and command) whose command line mentions `text` (a consortium dir)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            command = cmdline.read_bytes()
-            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text.encode() in command and state != "Z" and int(cmdline.parent.name) != os.getpid():
-            shown = command.replace(bytes(1), b" ").decode(errors="replace")[:200]
-            found.append(f"{cmdline.parent.name}: {shown}")
-    return found
-
-
-def bank_log(root: Path, bank: str) -> str:
-    return "".join(p.read_text(errors="replace") for p in (root / "logs").glob(f"{bank}*.log"))
-
-
-@pytest.fixture(scope="module")
-def consortium(tmp_path_factory):
-    root = tmp_path_factory.mktemp("consortium") / "demo"
-    init_consortium(root, BANKS, base_port=free_base_port(10))
-    try:
-        consortium_up(root, timeout=START_TIMEOUT)
-        yield root
-    finally:
-        consortium_down(root)
-        time.sleep(0.5)
-        assert processes_mentioning(str(root)) == []
+from fedrisk.privacy.keys import load_or_create_signing_key, load_public_key
+from fedrisk.privacy.ledger import verify_ledger, verify_path
 
 
 @pytest.fixture(scope="module")
 def rogue(consortium):
     """A SuperNode whose key was never registered tries to join; returns the error and time."""
-    add_bank(consortium, "rogue")
+    unregistered_bank(consortium, "rogue")
     started = time.monotonic()
     with pytest.raises(ConsortiumError) as refused:
         start_bank(consortium, "rogue", timeout=60)
@@ -99,29 +56,59 @@ def trained(consortium, rogue):
     return metrics
 
 
-def test_provisioning_keeps_private_keys_private_and_in_their_owners_folder(consortium):
+def private_secrets(bank_dir: Path) -> dict[str, bytes]:
+    """Every private secret a bank made, as file bytes, base64 body lines and raw key bytes."""
+    from cryptography.hazmat.primitives import serialization
+
+    keys = bank_dir / "keys"
+    found = {}
+    for name in ("node.key", "signing_key.pem", "superexec.secret"):
+        data = (keys / name).read_bytes()
+        found[name] = data
+        for i, line in enumerate(data.splitlines()):
+            if len(line) >= 40 and not line.startswith(b"-----"):
+                found[f"{name}:line{i}"] = line
+    node = serialization.load_ssh_private_key(found["node.key"], password=None)
+    found["node.key:raw"] = node.private_numbers().private_value.to_bytes(48, "big")
+    signing = serialization.load_pem_private_key(found["signing_key.pem"], password=None)
+    found["signing_key.pem:raw"] = signing.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+        serialization.NoEncryption())
+    found["superexec.secret:hex"] = found["superexec.secret"].hex().encode()
+    return found
+
+
+def test_the_coordinator_holds_no_bank_private_key_and_banks_made_their_own(consortium):
     layout = Layout.at(consortium)
+    coordinator_files = [p for folder in (layout.coordinator, layout.ca_dir)
+                         for p in folder.rglob("*") if p.is_file()]
+    assert coordinator_files
+    contents = {p: p.read_bytes() for p in coordinator_files}
     for bank in BANKS:
-        keys = layout.bank_dir(bank) / "keys"
-        for name in ("node.key", "signing_key.pem"):
+        folder = layout.bank_dir(bank)
+        for label, secret in private_secrets(folder).items():
+            holders = [str(p) for p, data in contents.items() if secret in data]
+            assert holders == [], f"{bank} {label} found in {holders}"
+        keys = folder / "keys"
+        for path in (folder, keys, folder / "state"):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700
+        for name in ("node.key", "signing_key.pem", "superexec.secret"):
             assert stat.S_IMODE((keys / name).stat().st_mode) == 0o600
-        assert stat.S_IMODE(layout.bank_dir(bank).stat().st_mode) == 0o700
-        assert (keys / "node.pub").read_text().startswith("ecdsa-sha2-nistp384 AAAA")
-        assert (keys / "node.key").read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY")
-        others = [b for b in BANKS if b != bank]
-        own = {p.read_bytes() for p in keys.iterdir()}
-        for other in others:
-            assert not own & {p.read_bytes() for p in (layout.bank_dir(other) / "keys").iterdir()
-                              if p.name != "node.pub"}
-    coordinator_files = {p.name for p in layout.coordinator.rglob("*") if p.is_file()}
-    assert not coordinator_files & {"node.key", "signing_key.pem", "ca.key"}
+        assert stat.S_IMODE(read_bank(folder).data.stat().st_mode) == 0o600
+        # what the coordinator registered is exactly the public half of the bank's own keys
+        assert layout.node_public_key(bank).read_text() == (keys / "node.pub").read_text()
+        signing = load_public_key(layout.ledger_public_key(bank))
+        own = load_or_create_signing_key(keys / "signing_key.pem").public_key()
+        assert signing.public_bytes_raw() == own.public_bytes_raw()
     assert stat.S_IMODE(layout.server_key.stat().st_mode) == 0o600
     with pytest.raises(ConsortiumError, match="exists; keys are never overwritten"):
         init_consortium(consortium, BANKS)
 
 
-def test_full_dp_training_over_tls_with_node_authentication(consortium, trained):
+def test_full_dp_training_through_the_proxy_with_node_authentication(consortium, trained):
     metrics = trained
+    layout = Layout.at(consortium)
+    settings = read_settings(layout)
     assert metrics["privacy"] == "DP-SGD (record-level)"
     assert metrics["config"]["secure_aggregation"] is True
     assert metrics["config"]["min-banks"] == 3
@@ -131,13 +118,25 @@ def test_full_dp_training_over_tls_with_node_authentication(consortium, trained)
         assert round_record["banks_trained"] == 3
     for bank in metrics["banks"]:
         assert 0 < bank["epsilon"] <= 3.0 and bank["rounds_joined"] == 2
-    output = Layout.at(consortium).runs / "dp"
+    output = layout.runs / "dp"
     assert (output / "metrics.json").exists() and (output / "model.safetensors").exists()
-    superlink_log = (Layout.at(consortium).log("superlink")).read_text()
-    assert "Uvicorn running on https://" in superlink_log  # TLS, not --insecure
-    for bank in BANKS:  # each bank's ledger is on its own disk, signed, with its ε
-        results = verify_path(Layout.at(consortium).bank_dir(bank) / "state")
+    superlink_log = layout.log("superlink").read_text()
+    assert f"Uvicorn running on https://{settings.control_address}" in superlink_log
+    # every SuperNode dials the proxy's fleet address, not the SuperLink
+    records = {r.name: r for r in read_records(layout.pids)}
+    for bank in BANKS:
+        argv = Path(f"/proc/{records[bank].pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--superlink") + 1].decode() == settings.fleet_address
+    assert settings.fleet_address != settings.control_address
+    access = (layout.logs / proxy.ACCESS_LOG).read_text()
+    for call in ("activate-node", "pull-messages", "push-messages", "pull-object",
+                 "push-object", "get-fab"):
+        assert re.search(rf'"POST /v1/fleet/{call} HTTP/1.1" 200 \d+ upstream=200', access), call
+    for bank in BANKS:  # each bank's ledger: on its own disk, signed by its registered key
+        results = verify_path(layout.bank_dir(bank) / "state")
         assert len(results) == 1 and results[0].ok
+        pinned = verify_ledger(results[0].path, load_public_key(layout.ledger_public_key(bank)))
+        assert pinned.ok
         reported = next(b for b in metrics["banks"] if b["id"] == bank)
         assert results[0].last_epsilon == reported["epsilon"]
 
@@ -153,10 +152,9 @@ def test_an_unregistered_supernode_is_refused_and_the_run_completes_without_it(c
 
 
 def test_a_bank_with_the_wrong_ca_fails_with_one_line_not_a_hang(consortium):
-    add_bank(consortium, "wrong-ca")
+    folder = unregistered_bank(consortium, "wrong-ca")
     _, other_ca = pki.make_ca("another CA", 1)
-    ca = Layout.at(consortium).bank_dir("wrong-ca") / "ca.pem"
-    ca.write_bytes(pki.certificate_pem(other_ca))
+    (folder / "ca.pem").write_bytes(pki.certificate_pem(other_ca))
     started = time.monotonic()
     with pytest.raises(ConsortiumError) as failed:
         start_bank(consortium, "wrong-ca", timeout=60)
@@ -164,7 +162,7 @@ def test_a_bank_with_the_wrong_ca_fails_with_one_line_not_a_hang(consortium):
     message = str(failed.value)
     assert "CERTIFICATE_VERIFY_FAILED" in message and "\n" not in message
     assert "CERTIFICATE_VERIFY_FAILED" in bank_log(consortium, "wrong-ca")
-    assert processes_mentioning(str(Layout.at(consortium).bank_dir("wrong-ca"))) == []
+    assert processes_mentioning(str(folder)) == []
 
 
 def bad_table(consortium: Path, folder: Path) -> tuple[Path, Path, str]:
@@ -179,17 +177,20 @@ def bad_table(consortium: Path, folder: Path) -> tuple[Path, Path, str]:
 
 def test_a_bank_whose_data_fails_the_contract_refuses_to_join_and_sends_nothing(
         consortium, tmp_path):
-    bad, contract, expected = bad_table(consortium, tmp_path)
-    add_bank(consortium, "bad-data", data=bad, contract=contract)
+    """The table went bad after bank-init (which refuses a bad table outright)."""
+    data = tmp_path / "table.csv"
+    data.write_bytes((Layout.at(consortium).bank_dir("northeast") / "data.csv").read_bytes())
+    folder = unregistered_bank(consortium, "bad-data", data=data)
+    bad, _, expected = bad_table(consortium, tmp_path)
+    bad.replace(data)
     with pytest.raises(ConsortiumError) as refused:
         start_bank(consortium, "bad-data", timeout=START_TIMEOUT)
     message = str(refused.value)
     assert message.startswith("bank 'bad-data' refuses to join: ") and expected in message
     assert "\n" not in message
     assert expected in bank_log(consortium, "bad-data")
-    bank_dir = Layout.at(consortium).bank_dir("bad-data")
-    assert processes_mentioning(str(bank_dir)) == []
-    assert list((bank_dir / "state").rglob("*.jsonl")) == []  # no ledger, so no egress entry
+    assert processes_mentioning(str(folder)) == []
+    assert list((folder / "state").rglob("*.jsonl")) == []  # no ledger, so no egress entry
 
 
 def test_a_failed_run_raises_with_its_reason(consortium, trained):
@@ -216,14 +217,24 @@ def second(tmp_path):
 
 def test_up_on_a_port_in_use_fails_and_leaves_nothing_running(second):
     root, base = second
-    for port, label in ((base, "SuperLink"), (base + 1, "Runtime API of bank 'west'")):
+    for port, label in ((base, "proxy, the Fleet API banks dial"), (base + 1, "SuperLink"),
+                        (base + 2, "Runtime API of bank 'west'")):
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", port))
             taken.listen()
-            with pytest.raises(ConsortiumError, match=f"port {port} \\({label}\\)"):
+            with pytest.raises(ConsortiumError, match=re.escape(f"port {port} ({label})")):
                 consortium_up(root, timeout=START_TIMEOUT)
         assert read_records(Layout.at(root).pids) == []
         assert processes_mentioning(str(root)) == []
+
+
+def test_up_without_nginx_is_a_one_line_error_naming_the_package(second, monkeypatch, tmp_path):
+    root, _ = second
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(proxy, "_SEARCH_PATH", str(tmp_path))
+    with pytest.raises(ConsortiumError, match=re.escape("(`apt-get install nginx`)")):
+        consortium_up(root, timeout=START_TIMEOUT)
+    assert read_records(Layout.at(root).pids) == []
 
 
 def test_up_with_a_bank_whose_data_fails_refuses_and_starts_nothing(second, tmp_path):
@@ -259,5 +270,5 @@ def test_up_stops_what_it_started_when_a_bank_cannot_connect(second):
 
 def test_run_without_a_superlink_is_a_one_line_error(second):
     root, base = second
-    with pytest.raises(ConsortiumError, match=f"no SuperLink answers at 127.0.0.1:{base}"):
+    with pytest.raises(ConsortiumError, match=f"no SuperLink answers at 127.0.0.1:{base + 1}"):
         consortium_run(root, {"num-server-rounds": 1})

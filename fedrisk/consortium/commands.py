@@ -47,7 +47,11 @@ class Command:
 
 
 def superlink_command(layout: Layout, settings: Settings) -> Command:
-    """``flower-superlink`` with TLS, SuperNode authentication and a database file."""
+    """``flower-superlink`` with TLS, SuperNode authentication and a database file.
+
+    It binds the loopback control address only: banks reach it through the proxy
+    (:mod:`fedrisk.consortium.proxy`), which forwards the Fleet API and nothing else.
+    """
     coordinator = str(layout.coordinator)
     argv = ["flower-superlink",
             "--ssl-ca-certfile", f"{coordinator}/ca.pem",
@@ -56,7 +60,7 @@ def superlink_command(layout: Layout, settings: Settings) -> Command:
             "--enable-supernode-auth",
             "--database", f"{coordinator}/state.db",
             "--disable-runtime-dependency-installation",
-            "--host", settings.coordinator_host, "--port", str(settings.superlink_port)]
+            "--host", settings.control_host, "--port", str(settings.control_port)]
     return Command("superlink", argv, {"FLWR_HOME": f"{coordinator}/flwr-home"},
                    layout.coordinator)
 
@@ -101,8 +105,8 @@ def data_check_command(bank: BankPaths, root: str | None = None) -> Command:
     """``fedrisk data check`` of the bank's table against the contract (exit 2 on errors)."""
     root = root or str(bank.root)
     node = bank.node
-    argv = ["fedrisk", "data", "check", f"{root}/{node.data_path}",
-            "--contract", f"{root}/{node.contract_path}"]
+    argv = ["fedrisk", "data", "check", in_folder(root, node.data_path),
+            "--contract", in_folder(root, node.contract_path)]
     return Command(f"{node.bank_id}-check", argv)
 
 
@@ -127,10 +131,11 @@ def node_config_text(node: NodeConfig, root: str) -> str:
     Values are TOML literal strings (single quotes), so the text also works inside
     a double-quoted shell word where ``$PWD`` expands.
     """
-    pairs = {"bank-id": node.bank_id, "data-path": f"{root}/{node.data_path}",
-             "contract-path": f"{root}/{node.contract_path}",
-             "state-dir": f"{root}/{node.state_dir}",
-             "signing-key": f"{root}/{node.signing_key}"}
+    pairs = {"bank-id": node.bank_id, "data-path": in_folder(root, node.data_path),
+             "contract-path": in_folder(root, node.contract_path),
+             "state-dir": in_folder(root, node.state_dir),
+             "signing-key": in_folder(root, node.signing_key),
+             "policy-path": in_folder(root, node.policy_path)}
     for key, value in pairs.items():
         if any(c in value for c in "'\"\n"):
             raise ConsortiumError(f"{key} {value!r} contains a quote; move the bank folder "
@@ -138,12 +143,20 @@ def node_config_text(node: NodeConfig, root: str) -> str:
     return " ".join(f"{key}='{value}'" for key, value in pairs.items())
 
 
+def in_folder(root: str, path: str) -> str:
+    """A ``node.toml`` path as the bank's command spells it: absolute paths stay as they are."""
+    return path if Path(path).is_absolute() else f"{root}/{path}"
+
+
 def write_cli_connection(layout: Layout, settings: Settings) -> Path:
-    """Write ``coordinator/flwr-home/config.toml``: the flwr CLI connection to the SuperLink."""
+    """Write ``coordinator/flwr-home/config.toml``: the coordinator's ``flwr`` connection.
+
+    It points at the control address (loopback), the only place the Control API is served.
+    """
     layout.flwr_home.mkdir(parents=True, exist_ok=True, mode=0o700)
     document = {"superlink": {
         "default": settings.connection,
-        settings.connection: {"address": settings.superlink_address,
+        settings.connection: {"address": settings.control_address,
                               "root-certificates": str(layout.ca_cert)},
     }}
     path = layout.flwr_home / "config.toml"

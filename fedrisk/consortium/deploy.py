@@ -1,14 +1,17 @@
 """``fedrisk consortium up`` / ``down``: every party as a real process on this machine.
 
-``up`` starts the SuperLink (TLS, SuperNode authentication, a database file,
-runtime dependency installation off), registers each bank's public key, then
-starts one SuperNode per bank on its own Runtime API port, each reading only its
-own folder. Before anything starts, each bank checks its table against the
-contract and refuses to join if it fails (as ``fedrisk data check`` does in a
-bank's multi-host command). It returns once the SuperLink accepts connections and
-every bank is connected, or stops everything it started and raises
-:class:`ConsortiumError` with one line saying why (a port in use, a missing key,
-a bank refused, ...).
+``up`` starts the SuperLink on the loopback control address (TLS, SuperNode
+authentication, a database file, runtime dependency installation off), registers
+each bank's public key, starts the bank-facing proxy (nginx, :mod:`.proxy`) on the
+fleet address and checks it from the banks' side (a Fleet call reaches the
+SuperLink, ``/docs`` is refused), then starts one SuperNode per bank on its own
+Runtime API port, each dialing the fleet address and reading only its own folder
+(``coordinator_only`` stops before the banks: on separate hosts each bank starts its
+own). Before anything starts, each bank checks its table against the contract and
+refuses to join if it fails (as ``fedrisk data check`` does in a bank's multi-host
+command). It returns once every party is ready, or stops everything it started and
+raises :class:`ConsortiumError` with one line saying why (nginx missing, a port in
+use, a missing key, a bank refused, ...).
 
 ClientApp execution (``clientapp``):
 
@@ -49,6 +52,13 @@ from fedrisk.consortium.processes import (
     stop,
     write_records,
 )
+from fedrisk.consortium.proxy import (
+    check_proxy,
+    find_nginx,
+    proxy_command,
+    validate_proxy_config,
+    write_proxy_config,
+)
 from fedrisk.consortium.warm import READY_LINE
 from fedrisk.data import check_table_file
 
@@ -72,8 +82,9 @@ _LOG_REASONS = (
 
 def consortium_up(directory: Path, clientapp: str = "warm",
                   timeout: float = DEFAULT_START_TIMEOUT, niceness: int = 0,
-                  task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL) -> list[ProcessRecord]:
-    """Start the SuperLink and one SuperNode per bank on this machine; return their records.
+                  task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL,
+                  coordinator_only: bool = False) -> list[ProcessRecord]:
+    """Start the SuperLink, the proxy and one SuperNode per bank here; return their records.
 
     Args:
         directory: a consortium made by :func:`~fedrisk.consortium.init_consortium`.
@@ -82,6 +93,7 @@ def consortium_up(directory: Path, clientapp: str = "warm",
         niceness: ``nice`` increment of every process (0: none).
         task_poll_interval: seconds between a SuperExec's polls for new tasks
             (Flower's ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``; its default is 1).
+        coordinator_only: start the SuperLink and the proxy only (banks on other hosts).
 
     Raises:
         ConsortiumError: one line (already running, a missing file, a port in use,
@@ -90,14 +102,17 @@ def consortium_up(directory: Path, clientapp: str = "warm",
     """
     layout = Layout.at(directory)
     settings = read_settings(layout)
-    banks = [read_bank(layout.bank_dir(bank)) for bank in settings.banks]
+    banks = [] if coordinator_only else [read_bank(layout.bank_dir(b)) for b in settings.banks]
     _check_mode(clientapp)
+    nginx = find_nginx()
     _refuse_if_running(layout)
-    _check_files(layout, banks, clientapp)
+    _check_files(layout, settings, banks, clientapp)
     _check_ports(settings, banks)
     for bank in banks:
         _preflight(layout, bank)
     write_cli_connection(layout, settings)
+    write_proxy_config(layout, settings)
+    validate_proxy_config(layout, nginx)
     env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(task_poll_interval)}
     deadline = time.monotonic() + timeout
     records: list[ProcessRecord] = []
@@ -105,6 +120,8 @@ def consortium_up(directory: Path, clientapp: str = "warm",
         records.append(_start_superlink(layout, settings, env, niceness, deadline))
         write_records(layout.pids, records)
         register_banks(layout.root, list(settings.banks))
+        records.append(_start_proxy(layout, settings, nginx, niceness, deadline))
+        write_records(layout.pids, records)
         for bank in banks:
             records += _launch_bank(layout, bank, clientapp, env, niceness)
             write_records(layout.pids, records)
@@ -221,7 +238,7 @@ def registered_nodes(directory: Path) -> list[dict]:
                       {"FLWR_HOME": str(layout.flwr_home)}, layout.coordinator)
     result = run_flwr_json(command, "--format", "json")
     if not result.get("success"):
-        raise ConsortiumError(f"cannot list SuperNodes at {settings.superlink_address}: "
+        raise ConsortiumError(f"cannot list SuperNodes at {settings.control_address}: "
                               f"{_one_line(result.get('error-message', result))}")
     return [n for n in result["nodes"] if n.get("status") != "unregistered"]
 
@@ -256,14 +273,15 @@ def _refuse_if_running(layout: Layout) -> None:
     write_records(layout.pids, [])
 
 
-def _check_files(layout: Layout, banks: list[BankPaths], clientapp: str) -> None:
+def _check_files(layout: Layout, settings: Settings, banks: list[BankPaths],
+                 clientapp: str) -> None:
     required = {"CA certificate": layout.ca_cert, "SuperLink TLS certificate":
                 layout.server_cert, "SuperLink TLS key": layout.server_key}
     for label, path in required.items():
         _require_file(label, path)
+    for bank in settings.banks:
+        _require_file(f"public key of bank '{bank}'", layout.node_public_key(bank))
     for bank in banks:
-        _require_file(f"public key of bank '{bank.node.bank_id}'",
-                      layout.node_public_key(bank.node.bank_id))
         _check_bank_files(bank, clientapp)
 
 
@@ -271,9 +289,9 @@ def _check_bank_files(bank: BankPaths, clientapp: str) -> None:
     name = bank.node.bank_id
     required = {"CA certificate": bank.ca_cert, "SuperNode key": bank.auth_key,
                 "ledger-signing key": bank.signing_key, "data file": bank.data,
-                "contract": bank.contract}
+                "contract": bank.contract, "privacy policy": bank.policy}
     if clientapp == "warm":
-        required["SuperExec secret"] = bank.path(bank.node.superexec_secret)
+        required["SuperExec secret"] = bank.superexec_secret
     for label, path in required.items():
         _require_file(f"{label} of bank '{name}'", path)
 
@@ -302,7 +320,8 @@ def _require_file(label: str, path: Path) -> None:
 
 
 def _check_ports(settings: Settings, banks: list[BankPaths]) -> None:
-    ports = [("SuperLink", settings.coordinator_host, settings.superlink_port)]
+    ports = [("proxy, the Fleet API banks dial", settings.coordinator_host, settings.fleet_port),
+             ("SuperLink", settings.control_host, settings.control_port)]
     ports += [(f"Runtime API of bank '{b.node.bank_id}'", "127.0.0.1", b.node.runtime_port)
               for b in banks]
     seen: set[int] = set()
@@ -320,12 +339,26 @@ def _start_superlink(layout: Layout, settings: Settings, env: dict[str, str], ni
     command = superlink_command(layout, settings)
     command = dataclasses.replace(command, env={**command.env, **env})
     record = start(command, layout.log("superlink"), niceness)
-    while not accepts_connections(settings.coordinator_host, settings.superlink_port):
+    while not accepts_connections(settings.control_host, settings.control_port):
         _fail_if_exited(record, "the SuperLink")
         if time.monotonic() > deadline:
             raise ConsortiumError(f"the SuperLink did not accept connections on "
-                                  f"{settings.superlink_address} in time (log: {record.log})")
+                                  f"{settings.control_address} in time (log: {record.log})")
         time.sleep(0.2)
+    return record
+
+
+def _start_proxy(layout: Layout, settings: Settings, nginx: str, niceness: int,
+                 deadline: float) -> ProcessRecord:
+    """Start nginx on the fleet address and check it from the banks' side."""
+    record = start(proxy_command(layout, nginx), layout.log("proxy"), niceness)
+    while not accepts_connections(settings.coordinator_host, settings.fleet_port):
+        _fail_if_exited(record, "the proxy")
+        if time.monotonic() > deadline:
+            raise ConsortiumError(f"the proxy did not accept connections on "
+                                  f"{settings.fleet_address} in time (log: {record.log})")
+        time.sleep(0.1)
+    check_proxy(layout, settings, deadline)
     return record
 
 

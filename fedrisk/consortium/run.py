@@ -123,8 +123,8 @@ def _ignored(app: Path, path: Path) -> bool:
 
 
 def _require_superlink(settings: Settings) -> None:
-    if not accepts_connections(settings.coordinator_host, settings.superlink_port):
-        raise ConsortiumError(f"no SuperLink answers at {settings.superlink_address}; "
+    if not accepts_connections(settings.control_host, settings.control_port):
+        raise ConsortiumError(f"no SuperLink answers at {settings.control_address}; "
                               "start it with `fedrisk consortium up DIR`")
 
 
