@@ -24,7 +24,7 @@ from fedrisk.consortium import (
 )
 from fedrisk.consortium.processes import read_records
 from fedrisk.data import check_table_file, read_table
-from fedrisk.privacy.ledger import verify_path
+from fedrisk.privacy.verify import verify_path
 
 BANKS = ["northeast", "midwest", "south_atlantic"]
 START_TIMEOUT = 150.0

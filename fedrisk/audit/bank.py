@@ -21,6 +21,7 @@ from torch import nn
 from fedrisk.data import Contract, stratified_split
 from fedrisk.models import ModelSpec, load_model
 from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch
+from fedrisk.privacy.chain import TrustedKeys
 
 from .canary import check_accounting, check_training_path
 from .dp_spec import bank_dp_spec
@@ -73,6 +74,7 @@ class BankData:
         contract: the consortium's data contract.
         state_dir: the bank's state directory (``ledgers/``, ``personalized/``), if any.
         reported: the bank's entry of metrics.json (what it told the coordinator), if any.
+        trusted_keys: registered ledger keys to pin the bank's ledgers to, if any.
 
     """
 
@@ -81,6 +83,7 @@ class BankData:
     contract: Contract
     state_dir: Path | None = None
     reported: dict[str, Any] = field(default_factory=dict)
+    trusted_keys: TrustedKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ def _dp_spec(bank: BankData, run: RunFacts, fingerprint: str, n_train: int) -> d
         return {"dp": run.dp, "source": "none", "ledger": {"present": False, "ok": False},
                 "delta": float(run.config.get("target-delta", 1e-5)), "phases": []}
     return bank_dp_spec(bank.state_dir, bank.bank_id, fingerprint, run.run_id, n_train,
-                        run.config, bank.reported)
+                        run.config, bank.reported, bank.trusted_keys)
 
 
 def _reference_setup(run: RunFacts, dp_spec: dict[str, Any]) -> ReferenceSetup:
