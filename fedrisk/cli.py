@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -14,6 +14,9 @@ from rich.table import Table
 
 from fedrisk.config import ConfigError
 from fedrisk.data import DataError
+
+if TYPE_CHECKING:
+    from fedrisk.privacy.chain import TrustedKeys
 
 app = typer.Typer(help="Privacy-preserving federated credit-risk modeling.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -410,16 +413,27 @@ def data_split(
         console.print(f"{bank_id}: {path}")
 
 
+TrustedKeyOption = Annotated[Path | None, typer.Option(
+    "--trusted-key", help="The bank's registered Ed25519 public key (PEM): every ledger must "
+                          "carry it.")]
+TrustedKeysOption = Annotated[Path | None, typer.Option(
+    "--trusted-keys", help="A folder of registered keys <bank>.pem (a consortium's "
+                           "coordinator/ledger-keys/): each ledger must carry its bank's key.")]
+
+
 @audit_app.command("verify")
 def audit_verify(
     path: Annotated[Path, typer.Argument(help="A ledger file, a bank state dir or a run dir.")],
+    trusted_key: TrustedKeyOption = None,
+    trusted_keys: TrustedKeysOption = None,
 ) -> None:
-    """Check every ledger's hash chain and signatures: OK, or the first bad entry (exit 1)."""
-    from fedrisk.privacy.ledger import verify_path
+    """Check every ledger's chain, signatures, pinned key and anchor: OK, or why not (exit 1)."""
+    from fedrisk.privacy.verify import verify_path
 
+    pins = _trusted(trusted_key, trusted_keys)
     if not path.exists():
         _fail(f"{path}: no such file or directory")
-    results = verify_path(path)
+    results = verify_path(path, pins)
     if not results:
         _fail(f"{path}: no ledger found (ledgers are banks' ledgers/*.jsonl files)")
     for result in results:
@@ -428,10 +442,22 @@ def audit_verify(
             console.print(f"OK    {result.bank_id}: {result.entries} entries, last ε {eps}"
                           f"  ({result.path})", highlight=False)
         else:
-            console.print(f"[red]FAIL[/red]  {result.path}: entry {result.first_bad_index}: "
-                          f"{result.reason}", highlight=False)
+            where = "" if result.first_bad_index is None else f"entry {result.first_bad_index}: "
+            console.print(f"[red]FAIL[/red]  {result.path}: {where}{result.reason}",
+                          highlight=False)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
+
+
+def _trusted(key: Path | None, keys: Path | None) -> TrustedKeys | None:
+    """The registered ledger keys to pin to, from --trusted-key or --trusted-keys."""
+    from fedrisk.privacy.chain import TrustedKeys
+
+    if key is not None and keys is not None:
+        _fail("give --trusted-key FILE or --trusted-keys DIR, not both")
+    if key is not None:
+        return TrustedKeys.from_file(key)
+    return None if keys is None else TrustedKeys.from_dir(keys)
 
 
 @audit_app.command("report")
@@ -447,18 +473,22 @@ def audit_report(
         help="Audit only this bank (repeatable); default: every bank.")] = None,
     references: Annotated[int, typer.Option(
         help="Reference models per bank for RMIA/LiRA (complementary pairs).")] = 4,
+    trusted_key: TrustedKeyOption = None,
+    trusted_keys: TrustedKeysOption = None,
 ) -> None:
     """Audit a finished run: measured privacy, DP implementation check, fairness, reasons, utility.
 
-    Exits 1 when a DP run fails (an empirical ε lower bound above its claim, or a failed
-    implementation check), so it can gate a release.
+    Exits 1 when a bank's ledger fails verification (chain, anchor, or the pinned key of
+    --trusted-key/--trusted-keys), or a DP run fails (an empirical ε lower bound above its
+    claim, or a failed implementation check), so it can gate a release.
     """
     from fedrisk.audit import AuditError, AuditSettings, build_audit
 
+    pins = _trusted(trusted_key, trusted_keys)
     output = output or run_dir / "audit"
     try:
         document = build_audit(run_dir, output, compare, bank,
-                               AuditSettings(n_reference=references))
+                               AuditSettings(n_reference=references), trusted_keys=pins)
     except AuditError as error:
         _fail(str(error))
     for row in document["banks"]:
@@ -472,8 +502,13 @@ def audit_report(
     if check is not None:
         console.print("implementation check: " + ("passed" if check else "[red]FAILED[/red] "
                       "(see section 4 of audit.html)"), highlight=False)
+    for row in document["banks"]:
+        if not row["ledger_ok"]:
+            console.print(f"ledger of {row['id']}: [red]FAILED[/red] "
+                          f"({row.get('ledger_reason') or 'no ledger on this data'})",
+                          highlight=False)
     console.print(f"wrote {output / 'audit.json'}, {output / 'audit.html'}", highlight=False)
-    if document["dp"] and not (document["audit_passed"] and check):
+    if not document["ledgers_ok"] or (document["dp"] and not (document["audit_passed"] and check)):
         raise typer.Exit(1)
 
 
@@ -535,8 +570,8 @@ def main() -> None:
     from fedrisk.consortium import ConsortiumError
     from fedrisk.models import ModelFileError
     from fedrisk.privacy.accounting import PrivacyBudgetExceeded
+    from fedrisk.privacy.chain import LedgerError
     from fedrisk.privacy.keys import KeyFileError
-    from fedrisk.privacy.ledger import LedgerError
     from fedrisk.privacy.policy import PolicyError
     from fedrisk.simulations import SimulationError
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers.optimizer import DPOptimizer
@@ -35,6 +37,8 @@ from fedrisk.data import embedded_banks, load_embedded, stratified_split
 from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
 from fedrisk.models.metrics import HISTOGRAM_BINS
 from fedrisk.privacy.accounting import DPSchedule, compose_epsilon, steps_per_epoch
+from fedrisk.privacy.chain import TrustedKeys
+from fedrisk.privacy.keys import load_or_create_signing_key, public_key_pem
 from fedrisk.privacy.ledger import EgressLedger
 
 SIGMA, CLIP = 1.2, 1.0
@@ -237,6 +241,23 @@ def test_catches_an_accountant_reset_between_rounds(tmp_path):
     assert spec["ledger"]["ok"] and spec["ledger"]["head_found"]
 
 
+def test_pinned_keys_and_the_reported_head_gate_the_ledger(tmp_path):
+    head, _ = write_ledger(tmp_path, "bank-x", "ab" * 32, "7", [(SIGMA, 0.25, 4)] * 2)
+    args = (tmp_path, "bank-x", "ab" * 32, "7", 256, CONFIG, {"ledger_head": head})
+    keys = tmp_path / "ledger-keys"
+    keys.mkdir()
+    registered = load_or_create_signing_key(tmp_path / "signing_key.pem")
+    (keys / "bank-x.pem").write_text(public_key_pem(registered))
+    spec = bank_dp_spec(*args, TrustedKeys.from_dir(keys))
+    assert spec["ledger"]["ok"] and spec["ledger"]["pinned"] and len(spec["phases"]) == 2
+    (keys / "bank-x.pem").write_text(public_key_pem(Ed25519PrivateKey.generate()))
+    spec = bank_dp_spec(*args, TrustedKeys.from_dir(keys))
+    assert not spec["ledger"]["ok"] and "trusted public key" in spec["ledger"]["error"]
+    assert spec["phases"] == []  # no ε history is read from a ledger signed by another key
+    spec = bank_dp_spec(*args[:-1], {"ledger_head": "0" * 64})  # both files rolled back
+    assert not spec["ledger"]["ok"] and "lacks the head" in spec["ledger"]["error"]
+
+
 # ----- the report ---------------------------------------------------------------------------
 
 
@@ -303,3 +324,21 @@ def test_a_bound_above_the_claim_is_a_failed_audit_in_red(tiny_part):
     html = render_html(document)
     assert '<span class="fail">ε_LB &gt; ε: FAILED</span>' in html
     assert 'class="banner bad"' in html
+
+
+def test_audit_report_pins_registered_keys_and_fails_a_ledger_signed_by_another(tiny_run,
+                                                                                tmp_path):
+    banks = [b["id"] for b in json.loads((tiny_run / "metrics.json").read_text())["banks"]]
+    keys = tmp_path / "ledger-keys"
+    keys.mkdir()
+    own = load_or_create_signing_key(tiny_run / "banks" / banks[0] / "signing_key.pem")
+    (keys / f"{banks[0]}.pem").write_text(public_key_pem(own))
+    (keys / f"{banks[1]}.pem").write_text(public_key_pem(Ed25519PrivateKey.generate()))
+    result = run_cli("audit", "report", str(tiny_run), "-o", str(tmp_path / "audit"),
+                     "--references", "2", "--trusted-keys", str(keys))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"ledger of {banks[1]}: FAILED" in result.stdout
+    assert "trusted public key" in result.stdout and f"ledger of {banks[0]}" not in result.stdout
+    document = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert document["ledgers_ok"] is False
+    assert [b["ledger_ok"] for b in document["banks"]] == [True, False]

@@ -34,8 +34,9 @@ from fedrisk.consortium import (
 from fedrisk.consortium.layout import read_bank, read_settings
 from fedrisk.consortium.processes import read_records
 from fedrisk.data import check_table_file, read_table
+from fedrisk.privacy.chain import TrustedKeys
 from fedrisk.privacy.keys import load_or_create_signing_key, load_public_key
-from fedrisk.privacy.ledger import verify_ledger, verify_path
+from fedrisk.privacy.verify import verify_ledger, verify_path
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,8 @@ def test_full_dp_training_through_the_proxy_with_node_authentication(consortium,
     for bank in BANKS:  # each bank's ledger: on its own disk, signed by its registered key
         results = verify_path(layout.bank_dir(bank) / "state")
         assert len(results) == 1 and results[0].ok
-        pinned = verify_ledger(results[0].path, load_public_key(layout.ledger_public_key(bank)))
+        pinned = verify_ledger(results[0].path, TrustedKeys(
+            every_bank=load_public_key(layout.ledger_public_key(bank))))
         assert pinned.ok
         reported = next(b for b in metrics["banks"] if b["id"] == bank)
         assert results[0].last_epsilon == reported["epsilon"]

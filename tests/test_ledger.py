@@ -1,4 +1,7 @@
-"""Signed egress ledger: chain verification, tamper detection, keys, concurrency."""
+"""Signed egress ledger: chain verification, tamper detection, anchor, pinning, keys, concurrency.
+
+Attacks that roll a ledger back are in tests/adversarial/test_ledger_rollback.py.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +10,26 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedrisk.privacy.anchor import anchor_path, read_anchor, write_anchor
+from fedrisk.privacy.chain import LedgerError, LedgerRollback, TrustedKeys
 from fedrisk.privacy.keys import (
     KeyFileError,
     load_or_create_signing_key,
     load_public_key,
     public_key_pem,
 )
-from fedrisk.privacy.ledger import (
-    EgressLedger,
-    LedgerError,
-    egress_body,
-    read_ledger,
-    verify_ledger,
-    verify_path,
-)
+from fedrisk.privacy.ledger import EgressLedger, egress_body
+from fedrisk.privacy.verify import read_ledger, verify_ledger, verify_path
 
 FP = "ab12" * 16  # a 64-hex-char dataset fingerprint
 BANK = "bank-0"
@@ -103,8 +105,9 @@ def forge_from(path: Path, start: int, forger: Ed25519PrivateKey, edit: dict) ->
 
 
 def test_good_ledger_verifies(ledger_path: Path, key: Ed25519PrivateKey) -> None:
-    result = verify_ledger(ledger_path, key.public_key())
+    result = verify_ledger(ledger_path, TrustedKeys(every_bank=key.public_key()))
     assert result.ok, result.reason
+    assert result.anchored
     assert (result.entries, result.first_bad_index, result.reason) == (6, None, None)
     assert result.last_epsilon == pytest.approx(1.7)
     assert (result.bank_id, result.dataset_fingerprint) == (BANK, FP)
@@ -160,20 +163,27 @@ def test_whole_ledger_rewritten_under_new_key_fails_only_against_trusted_key(
 ) -> None:
     forger = Ed25519PrivateKey.generate()
     forge_from(ledger_path, 0, forger, {"public_key": public_key_pem(forger)})
-    assert verify_ledger(ledger_path).ok  # self-consistent forgery: why keys are pinned
-    result = verify_ledger(ledger_path, key.public_key())
+    assert "replaced" in verify_ledger(ledger_path).reason  # the anchor still names the old head
+    forged = read_ledger_unchecked(ledger_path)
+    write_anchor(anchor_path(ledger_path), len(forged), forged[-1]["entry_hash"])
+    assert verify_ledger(ledger_path).ok  # a forger who rewrites the anchor: why keys are pinned
+    result = verify_ledger(ledger_path, TrustedKeys(every_bank=key.public_key()))
     assert (result.ok, result.first_bad_index) == (False, 0)
     assert "trusted public key" in result.reason
 
 
-def test_deleted_last_line_is_invisible_to_the_chain_but_changes_last_hash(
+def test_deleted_last_line_is_invisible_to_the_chain_but_not_to_the_anchor(
     ledger_path: Path,
 ) -> None:
     head = verify_ledger(ledger_path).last_hash
     ledger_path.write_bytes(b"".join(lines_of(ledger_path)[:-1]))
     result = verify_ledger(ledger_path)
-    assert result.ok and result.entries == 5
-    assert result.last_hash != head  # caught by comparing with the head hash in run metrics
+    assert (result.ok, result.entries, result.first_bad_index) == (False, 5, 5)
+    assert "5 entries but its anchor records 6" in result.reason
+    anchor_path(ledger_path).unlink()  # without the anchor only the reported head shows it
+    result = verify_ledger(ledger_path)
+    assert result.ok and result.entries == 5 and not result.anchored
+    assert result.last_hash != head
 
 
 def test_torn_last_line_is_reported(ledger_path: Path) -> None:
@@ -288,6 +298,8 @@ def test_for_bank_layout_and_modes(tmp_path: Path) -> None:
     assert ledger.path == state / "ledgers" / f"{FP[:16]}.jsonl"
     assert stat.S_IMODE(ledger.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(ledger.path.parent.stat().st_mode) == 0o700
+    assert ledger.anchor_path == state / "ledgers" / f"{FP[:16]}.anchor"
+    assert stat.S_IMODE(ledger.anchor_path.stat().st_mode) == 0o600
     assert (state / "signing_key.pem").exists()
     genesis = ledger.entries()[0]
     assert genesis.kind == "genesis" and genesis.body["dataset_fingerprint"] == FP
@@ -344,3 +356,133 @@ def test_append_rejects_bad_input(tmp_path: Path, key: Ed25519PrivateKey) -> Non
     entry = ledger.append("refusal", {"reason": "budget", "shape": (2, 3), "n": np.int64(4)})
     assert entry.body == {"reason": "budget", "shape": [2, 3], "n": 4}
     assert verify_ledger(ledger.path).entries == 2
+
+
+def read_ledger_unchecked(path: Path) -> list[dict]:
+    return [json.loads(line) for line in lines_of(path)]
+
+
+# ----- anchor -----------------------------------------------------------------------
+
+
+def test_every_append_moves_the_anchor_to_the_new_head(tmp_path: Path, key) -> None:
+    ledger = EgressLedger(tmp_path / "l.jsonl", key, BANK, FP)
+    for i in range(3):
+        entry = ledger.append("note", {"i": i})
+        anchor = read_anchor(ledger.anchor_path)
+        assert (anchor.count, anchor.head) == (entry.index + 1, entry.entry_hash)
+        assert (ledger.entry_count, ledger.head_hash) == (anchor.count, anchor.head)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.anchor", "l.jsonl"]  # no temp left
+
+
+def test_a_ledger_without_anchor_gets_one_and_a_signed_note_saying_so(
+    ledger_path: Path, key: Ed25519PrivateKey
+) -> None:
+    anchor_path(ledger_path).unlink()  # a ledger written before anchors existed
+    ledger = EgressLedger(ledger_path, key, BANK, FP)
+    note = ledger.entries()[-1]
+    assert (note.kind, note.body["event"], note.body["entries"]) == ("note", "anchor created", 6)
+    assert read_anchor(ledger.anchor_path).count == 7
+    assert verify_ledger(ledger_path).ok
+
+
+def test_a_malformed_anchor_stops_the_bank_and_fails_verification(
+    ledger_path: Path, key: Ed25519PrivateKey
+) -> None:
+    anchor_path(ledger_path).write_text('{"count": "many"}\n')
+    with pytest.raises(LedgerError, match="is not a fedrisk-ledger-anchor/1 record"):
+        EgressLedger(ledger_path, key, BANK, FP)
+    result = verify_ledger(ledger_path)
+    assert not result.ok and "anchor" in result.reason
+
+
+def test_check_known_head_accepts_any_head_the_ledger_still_holds(ledger_path, key) -> None:
+    ledger = EgressLedger(ledger_path, key, BANK, FP)
+    entries = ledger.entries()
+    for seen in (1, 3, len(entries)):
+        ledger.check_known_head(seen, entries[seen - 1].entry_hash)
+    with pytest.raises(LedgerRollback, match="has 6 entries but this bank last reported 9"):
+        ledger.check_known_head(9, entries[-1].entry_hash)
+    with pytest.raises(LedgerRollback, match="entry 2 is not the head"):
+        ledger.check_known_head(3, entries[3].entry_hash)
+    for bad in ((0, entries[0].entry_hash), (True, entries[0].entry_hash), (2, "abc")):
+        with pytest.raises(LedgerError, match="known ledger"):
+            ledger.check_known_head(*bad)
+
+
+def _append_in_read_only_folder(folder: str, queue) -> None:
+    """Child process: the ledger file is writable but its folder (the anchor's) is not."""
+    if os.geteuid() == 0:  # root ignores file modes: act as an ordinary user
+        os.setgid(65534)
+        os.setuid(65534)
+    os.chmod(folder, 0o500)
+    try:
+        ledger = EgressLedger.for_bank(Path(folder).parent, BANK, FP)
+        ledger.append("egress", egress("run-a", 1, 1.0))
+    except Exception as error:
+        queue.put(f"{type(error).__name__}: {error}")
+    else:
+        queue.put("append returned")
+
+
+def test_a_bank_that_cannot_write_its_anchor_fails_before_anything_leaves() -> None:
+    state = Path(tempfile.mkdtemp(prefix="fedrisk-ledger-ro-"))
+    try:
+        ledger = EgressLedger.for_bank(state, BANK, FP)
+        before = read_anchor(ledger.anchor_path)
+        if os.geteuid() == 0:  # the child drops to an ordinary user, who must own the files
+            for path in (state, *state.rglob("*")):
+                os.chown(path, 65534, 65534)
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_append_in_read_only_folder,
+                            args=(str(ledger.path.parent), queue))
+        child.start()
+        message = queue.get(timeout=60)
+        child.join(timeout=60)
+        assert message.startswith("LedgerError: cannot write the ledger anchor")
+        assert "must be treated as not sent" in message
+        assert "\n" not in message
+        os.chmod(ledger.path.parent, 0o700)
+        assert read_anchor(ledger.anchor_path) == before  # the anchor lags the ledger by one
+        assert verify_ledger(ledger.path).ok  # a ledger longer than its anchor is not a rollback
+        reopened = EgressLedger.for_bank(state, BANK, FP)
+        reopened.append("note", {"text": "disk fixed"})
+        assert read_anchor(ledger.anchor_path).count == before.count + 2
+    finally:
+        shutil.rmtree(state)
+
+
+# ----- pinning registered keys --------------------------------------------------------
+
+
+def test_trusted_keys_pin_each_ledger_to_its_banks_registered_key(tmp_path: Path) -> None:
+    state = tmp_path / "run" / "banks"
+    for bank in ("a", "b", "c"):
+        EgressLedger.for_bank(state / bank, bank, FP)
+    registered = tmp_path / "ledger-keys"
+    registered.mkdir()
+    own_key = load_or_create_signing_key(state / "a" / "signing_key.pem")
+    (registered / "a.pem").write_text(public_key_pem(own_key))
+    (registered / "b.pem").write_text(public_key_pem(Ed25519PrivateKey.generate()))
+    results = {r.bank_id or r.path.parts[-3]: r for r in verify_path(
+        state, TrustedKeys.from_dir(registered))}
+    assert results["a"].ok
+    assert (results["b"].ok, results["b"].first_bad_index) == (False, 0)
+    assert "differs from the trusted public key" in results["b"].reason
+    assert "bank 'c' has no registered signing key" in results["c"].reason
+    with pytest.raises(KeyFileError, match="no <bank>.pem"):
+        TrustedKeys.from_dir(tmp_path / "run")
+    with pytest.raises(KeyFileError, match="not a directory"):
+        TrustedKeys.from_dir(registered / "a.pem")
+
+
+def test_audit_verify_cli_pins_a_trusted_key(ledger_path: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.pem"
+    other.write_text(public_key_pem(Ed25519PrivateKey.generate()))
+    result = run_cli("audit", "verify", str(ledger_path), "--trusted-key", str(other))
+    assert result.returncode == 1 and "entry 0: genesis public key differs" in result.stdout
+    result = run_cli("audit", "verify", str(ledger_path), "--trusted-key", str(other),
+                     "--trusted-keys", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "not both" in result.stderr

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import pickle
 import shutil
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -393,3 +395,30 @@ def test_book_with_bad_loans_is_refused(run_dir, applicants_path, tmp_path):
 def test_portfolio_arguments_are_checked(run_dir, arguments):
     with pytest.raises(DataError):
         portfolio_loss(run_dir, run_dir / "data" / "bank.csv", **arguments)
+
+
+# ----- files of personal data ----------------------------------------------------------
+
+
+def test_scores_rejects_calibrator_and_contributions_are_owner_only(run_dir, applicants_path,
+                                                                     tmp_path):
+    previous = os.umask(0o022)  # the usual umask: new files readable by group and others
+    try:
+        scored = score_applicants(run_dir, applicants_path, tmp_path / "scores.csv",
+                                  calibration_data=run_dir / "data" / "bank.csv",
+                                  calibration_method="isotonic", with_reasons=False)
+        book = portfolio_loss(run_dir, run_dir / "data" / "bank.csv", scenarios=1_000,
+                              output_dir=tmp_path / "portfolio" / "book")
+        with pytest.raises(DataError):
+            portfolio_loss(run_dir, applicants_path, scenarios=100,
+                           output_dir=tmp_path / "refused")
+    finally:
+        os.umask(previous)
+    assert len(pd.read_csv(scored.rejects_path)) == len(BROKEN_ROWS)
+    assert json.loads(scored.calibrator_path.read_text())["logit_knots"]  # held-out logits
+    private = [scored.output_path, scored.rejects_path, scored.calibrator_path,
+               book.contributions_path, book.summary_path,
+               tmp_path / "refused" / "book.rejects.csv"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in private} == {0o600}
+    folders = [tmp_path / "portfolio", tmp_path / "portfolio" / "book", tmp_path / "refused"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folders} == {0o700}

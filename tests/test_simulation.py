@@ -5,7 +5,8 @@ import json
 from conftest import run_cli, simulate
 
 from fedrisk.data import embedded_banks, load_embedded
-from fedrisk.privacy.ledger import EgressLedger, verify_path
+from fedrisk.privacy.ledger import EgressLedger
+from fedrisk.privacy.verify import verify_path
 
 
 def test_dp_simulation_reaches_auc_floor_within_every_budget(dp_run):

@@ -21,6 +21,7 @@ from torch import nn
 from fedrisk.data import Contract, stratified_split
 from fedrisk.models import ModelSpec, load_model
 from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch
+from fedrisk.privacy.chain import TrustedKeys
 
 from .canary import check_accounting, check_training_path
 from .dp_spec import bank_dp_spec
@@ -75,6 +76,7 @@ class BankData:
         reported: the bank's entry of metrics.json (what it told the coordinator), if any.
         split: the bank's own held-out split as ``(test_fraction, split_seed)`` (its
             policy's); None uses the run config's ``test-fraction`` and ``seed``.
+        trusted_keys: registered ledger keys to pin the bank's ledgers to, if any.
 
     """
 
@@ -84,6 +86,7 @@ class BankData:
     state_dir: Path | None = None
     reported: dict[str, Any] = field(default_factory=dict)
     split: tuple[float, int] | None = None
+    trusted_keys: TrustedKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ def _dp_spec(bank: BankData, run: RunFacts, fingerprint: str, n_train: int) -> d
         return {"dp": run.dp, "source": "none", "ledger": {"present": False, "ok": False},
                 "delta": float(run.config.get("target-delta", 1e-5)), "phases": []}
     return bank_dp_spec(bank.state_dir, bank.bank_id, fingerprint, run.run_id, n_train,
-                        run.config, bank.reported)
+                        run.config, bank.reported, bank.trusted_keys)
 
 
 def _reference_setup(run: RunFacts, dp_spec: dict[str, Any]) -> ReferenceSetup:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fedrisk.privacy.accounting import compose_epsilon
-from fedrisk.privacy.ledger import LedgerEntry, LedgerError, read_ledger, verify_path
+from fedrisk.privacy.chain import LedgerEntry, LedgerError, TrustedKeys
+from fedrisk.privacy.verify import read_ledger, verify_path
 
 UNIT_OF_PRIVACY = "one customer record of one bank"
 NEIGHBOURING = ("add/remove one record (unbounded DP); each DP-SGD step samples every record "
@@ -60,20 +61,25 @@ def pld_epsilon(history: list[tuple[float, float, int]], delta: float) -> float 
     return float(accountant.get_epsilon(delta))
 
 
-def ledger_status(bank_dir: Path, reported_head: str | None) -> tuple[dict[str, Any], list]:
-    """Verify every ledger of a bank (chain and Ed25519 signatures).
+def ledger_status(bank_dir: Path, reported_head: str | None,
+                  trusted: TrustedKeys | None = None) -> tuple[dict[str, Any], list]:
+    """Verify every ledger of a bank (chain, Ed25519 signatures, anchor, pinned key).
 
-    Privacy meaning: the ε history below can only be trusted if it verifies; a
-    reported head hash absent from the chain means entries were cut off the tail.
-    Returns the status (JSON) and the verification results.
+    Privacy meaning: the ε history below can only be trusted if it verifies; with
+    ``trusted`` (the banks' registered public keys) a ledger rewritten under another
+    key fails. Returns the status (JSON) and the verification results.
     """
     directory = bank_dir / "ledgers"
-    results = verify_path(directory) if directory.is_dir() else []
+    results = verify_path(directory, trusted) if directory.is_dir() else []
     files = [{"file": r.path.name, "ok": r.ok, "entries": r.entries, "reason": r.reason,
               "bank_id": r.bank_id, "dataset_fingerprint": r.dataset_fingerprint}
              for r in results]
-    status = {"present": bool(results), "ok": bool(results) and all(r.ok for r in results),
-              "files": files, "reported_head": reported_head, "head_found": None}
+    failed = next((r for r in results if not r.ok), None)
+    status = {"present": bool(results), "ok": bool(results) and failed is None,
+              "files": files, "reported_head": reported_head, "head_found": None,
+              "pinned": trusted is not None}
+    if failed is not None:
+        status["error"] = str(failed)
     return status, results
 
 
@@ -89,15 +95,18 @@ def history_of(spends: list[dict[str, Any]]) -> list[tuple[float, float, int]]:
 
 
 def bank_dp_spec(bank_dir: Path, bank_id: str, fingerprint: str, run_id: str, n_train: int,
-                 config: dict[str, Any], reported: dict[str, Any] | None) -> dict[str, Any]:
+                 config: dict[str, Any], reported: dict[str, Any] | None,
+                 trusted: TrustedKeys | None = None) -> dict[str, Any]:
     """The DP specification of one bank in one run, from its own verified ledger.
 
     Privacy meaning: ``epsilon`` (PRV, whole run incl. personalization) bounds what
     this bank's records can reveal through everything the run released or kept;
     ``epsilon_global_model`` (federated rounds only) bounds the shared final model.
+    A ledger that lacks the head the bank reported to the coordinator was rolled back
+    (its spend undercounted) and fails like a broken one.
     """
     reported = reported or {}
-    status, results = ledger_status(bank_dir, reported.get("ledger_head"))
+    status, results = ledger_status(bank_dir, reported.get("ledger_head"), trusted)
     spec: dict[str, Any] = {
         "dp": bool(config.get("dp", True)), "unit_of_privacy": UNIT_OF_PRIVACY,
         "neighbouring_relation": NEIGHBOURING, "poisson_sampling": True,
@@ -108,13 +117,17 @@ def bank_dp_spec(bank_dir: Path, bank_id: str, fingerprint: str, run_id: str, n_
     entries: list[LedgerEntry] = []
     if path is not None:
         try:
-            entries = read_ledger(path)
+            entries = read_ledger(path, trusted)
         except LedgerError as error:
             status["ok"] = False
             status["error"] = str(error)
     status["matches_data"] = path is not None
     if entries and status["reported_head"]:
         status["head_found"] = any(e.entry_hash == status["reported_head"] for e in entries)
+        if not status["head_found"]:
+            status["ok"] = False
+            status["error"] = (f"{path}: lacks the head {status['reported_head'][:16]} the bank "
+                               "reported: the ledger was rolled back or truncated")
     return spec | _spend_summary(entries, run_id, n_train, config, reported)
 
 

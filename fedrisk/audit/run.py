@@ -16,6 +16,7 @@ from typing import Any
 
 from fedrisk.data import Contract, DataError, read_table
 from fedrisk.models import load_model
+from fedrisk.privacy.chain import TrustedKeys
 from fedrisk.privacy.policy import BankPolicy
 
 from .bank import AuditSettings, BankData, RunFacts, bank_audit
@@ -50,9 +51,12 @@ def run_facts(run_dir: Path, metrics: dict[str, Any]) -> tuple[RunFacts, Any]:
     return RunFacts(str(metrics.get("run_id", "")), dict(metrics.get("config", {})), spec), model
 
 
-def bank_inputs(run_dir: Path, metrics: dict[str, Any], banks: list[str] | None = None
-                ) -> list[BankData]:
-    """Each simulated bank's own table, the contract, its state dir and what it reported."""
+def bank_inputs(run_dir: Path, metrics: dict[str, Any], banks: list[str] | None = None,
+                trusted_keys: TrustedKeys | None = None) -> list[BankData]:
+    """Each simulated bank's own table, the contract, its state dir and what it reported.
+
+    ``trusted_keys`` (the banks' registered ledger keys) pins every bank's ledgers.
+    """
     data_dir = Path(run_dir) / "data"
     try:
         manifest = json.loads((data_dir / MANIFEST).read_text())
@@ -67,7 +71,7 @@ def bank_inputs(run_dir: Path, metrics: dict[str, Any], banks: list[str] | None 
         raise AuditError(f"unknown bank in {', '.join(banks)}; this run has {known}")
     return [BankData(e["id"], read_table(data_dir / e["file"]), contract,
                      Path(run_dir) / "banks" / e["id"], reported.get(e["id"], {}),
-                     _policy_split(data_dir, e))
+                     split=_policy_split(data_dir, e), trusted_keys=trusted_keys)
             for e in entries]
 
 
@@ -80,13 +84,14 @@ def _policy_split(data_dir: Path, entry: dict[str, Any]) -> tuple[float, int] | 
 
 
 def audit_parts(run_dir: Path, banks: list[str] | None, settings: AuditSettings,
-                train_fn: TrainFn | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                train_fn: TrainFn | None, trusted_keys: TrustedKeys | None = None
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run every bank's part of the audit of one run (simulation: all banks here)."""
     started = time.monotonic()
     metrics = load_metrics(run_dir)
     facts, model = run_facts(run_dir, metrics)
     parts = [bank_audit(bank, model, facts, settings, train_fn)
-             for bank in bank_inputs(run_dir, metrics, banks)]
+             for bank in bank_inputs(run_dir, metrics, banks, trusted_keys)]
     run = {
         "run_id": facts.run_id, "run_dir": str(run_dir), "privacy": metrics.get("privacy"),
         "config": facts.config, "model": {"spec": facts.spec.to_dict(),
@@ -101,13 +106,16 @@ def audit_parts(run_dir: Path, banks: list[str] | None, settings: AuditSettings,
 
 def build_audit(run_dir: Path, output_dir: Path, compare_run: Path | None = None,
                 banks: list[str] | None = None, settings: AuditSettings | None = None,
-                train_fn: TrainFn | None = None) -> dict[str, Any]:
+                train_fn: TrainFn | None = None, trusted_keys: TrustedKeys | None = None
+                ) -> dict[str, Any]:
     """Audit a finished run; write ``audit.json`` and ``audit.html`` to ``output_dir``.
 
     Privacy meaning: measures the run's privacy claim (ledger-recomputed ε, attacks
     on the final model, a canary test of the DP path) next to fairness, reasons and
     utility; ``compare_run`` (e.g. the non-DP baseline on the same data) is audited
-    the same way and shown side by side.
+    the same way and shown side by side. ``trusted_keys`` (the banks' registered ledger
+    keys, as a consortium keeps them) pins the audited run's ledgers; the compared run's
+    banks may have other keys and are not pinned.
 
     Returns:
         The audit document (the content of audit.json).
@@ -115,7 +123,7 @@ def build_audit(run_dir: Path, output_dir: Path, compare_run: Path | None = None
     """
     settings = settings or AuditSettings()
     started = time.monotonic()
-    run, parts = audit_parts(Path(run_dir), banks, settings, train_fn)
+    run, parts = audit_parts(Path(run_dir), banks, settings, train_fn, trusted_keys)
     compare = None
     if compare_run is not None:
         compare_settings = AuditSettings(settings.n_reference, settings.seed,

@@ -77,8 +77,9 @@ dp-accounting PLD as cross-checks; "reported" is what metrics.json says.</p>
 <td>{{ s.epsilon_global_model|f(4) }}</td><td>{{ s.epsilon_reported|f(4) }}</td>
 <td>{{ s.epsilon_lifetime|f(4) }}</td>
 <td>{% if s.ledger.ok %}<span class="pass">verified</span>{% if s.ledger.head_found %}, head
-found{% elif s.ledger.head_found is false %}, <span class="fail">reported head missing</span>
-{% endif %}{% else %}<span class="fail">NOT verified</span>{% endif %}</td></tr>{% endfor %}
+found{% endif %}{% if s.ledger.pinned %}, registered key{% endif %}{% else %}<span class="fail">NOT
+verified</span>{% if s.ledger.error %}: {{ s.ledger.error }}{% endif %}{% endif %}</td></tr>
+{% endfor %}
 </table>
 {% else %}
 <p><b>No DP:</b> this run is a NON-PRIVATE baseline; no ε is claimed.

@@ -117,7 +117,7 @@ class BankClient(NumPyClient):
                       schedule, seed=cfg.seed * 10_007 + server_round + 1,
                       grades=self.bank.train_grades)
         save_model(self.bank.state_dir / "personalized" / f"{self.run_id}.safetensors",
-                   self.spec, model_arrays(model))
+                   self.spec, model_arrays(model), private=True)
         probabilities = 1 / (1 + np.exp(-predict_logits(model, self.bank.test_features)))
         quality = discrimination_metrics(probabilities, self.bank.test_labels)
         metrics: dict[str, Scalar] = {"personalized_auc": quality["auc"],

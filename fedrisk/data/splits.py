@@ -13,6 +13,7 @@ from fedrisk.data.contract import Contract
 from fedrisk.data.errors import DataError
 from fedrisk.data.tables import TABLE_FORMATS, read_table, write_table
 from fedrisk.data.values import canonical_strings
+from fedrisk.files import ensure_private_dir
 
 # Each class needs a row in train and a row in test, so every bank needs two.
 _MIN_ROWS_PER_CLASS = 2
@@ -234,7 +235,7 @@ def split_table_file(
         source=str(path),
     )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(out)
     return {bank: write_table(rows, out / f"{bank}.{fmt}") for bank, rows in banks.items()}
 
 

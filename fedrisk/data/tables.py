@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedrisk.data.errors import DataError, first_line
+from fedrisk.files import private_file
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -47,7 +48,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a table to CSV or Parquet, chosen by the file extension.
+    """Write a table to CSV or Parquet, chosen by the file extension, as a private file.
+
+    Every table fedrisk writes holds rows or per-row results (bank tables, scores,
+    rejects, loss contributions), so the file is 0600, missing folders are created
+    0700, whatever the umask, and it replaces ``path`` atomically.
 
     Raises:
         DataError: Unknown extension.
@@ -55,14 +60,15 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in CSV_SUFFIXES:
-        df.to_csv(path, index=False)
-    elif suffix in PARQUET_SUFFIXES:
-        df.to_parquet(path, index=False)
-    else:
+    if suffix not in CSV_SUFFIXES + PARQUET_SUFFIXES:
         raise DataError(
             f"{path}: unknown file extension '{path.suffix}' (expected .csv or .parquet)"
         )
+    with private_file(path) as tmp:
+        if suffix in CSV_SUFFIXES:
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
     return path
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.numpy import load_file, save_file
 
+from fedrisk.files import private_file
 from fedrisk.models.networks import ModelSpec, PDNetwork, build_model, set_model_arrays
 
 SPEC_KEY = "fedrisk.model_spec"
@@ -29,10 +30,19 @@ class ModelFileError(ValueError):
     """A model file that is not a valid fedrisk safetensors model; nothing in it was run."""
 
 
-def save_model(path: Path, spec: ModelSpec, arrays: dict) -> None:
-    """Write named float32 arrays and the spec (as safetensors metadata) to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(dict(arrays), str(path), metadata={SPEC_KEY: json.dumps(spec.to_dict())})
+def save_model(path: Path, spec: ModelSpec, arrays: dict, *, private: bool = False) -> None:
+    """Write named float32 arrays and the spec (as safetensors metadata) to ``path``.
+
+    ``private`` is for a model fitted to one party's rows and kept there (a bank's
+    personalized model): the file is written 0600, missing folders 0700, atomically.
+    """
+    metadata = {SPEC_KEY: json.dumps(spec.to_dict())}
+    if not private:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(dict(arrays), str(path), metadata=metadata)
+        return
+    with private_file(path) as tmp:
+        save_file(dict(arrays), str(tmp), metadata=metadata)
 
 
 def load_model(path: str | Path) -> tuple[ModelSpec, PDNetwork]:

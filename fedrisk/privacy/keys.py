@@ -20,41 +20,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-_PRIVATE_MODE = 0o600
-_PRIVATE_DIR_MODE = 0o700
+from fedrisk.files import PRIVATE_FILE_MODE, ensure_private_dir, fsync_dir, write_file_with_mode
 
 
 class KeyFileError(Exception):
     """A key file is missing, malformed or too permissive; the message is one actionable line."""
-
-
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` and its missing parents with mode 0700; leave existing directories as is.
-
-    Unlike ``Path.mkdir(parents=True, mode=...)``, every directory created here
-    (not only the leaf) gets 0700, so a fresh state dir never exposes its
-    contents to other local users.
-    """
-    missing: list[Path] = []
-    current = Path(path)
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, _PRIVATE_DIR_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(directory, _PRIVATE_DIR_MODE)  # umask may have removed owner bits
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries to disk so a newly created file survives a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -158,7 +128,7 @@ def _create_private_key(path: Path) -> Ed25519PrivateKey:
     pem = private_key_pem(key)
     ensure_private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    write_file_with_mode(tmp, pem, _PRIVATE_MODE, exclusive=True)
+    write_file_with_mode(tmp, pem, PRIVATE_FILE_MODE, exclusive=True)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -177,18 +147,3 @@ def private_key_pem(key: PrivateKeyTypes) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def write_file_with_mode(path: Path, data: bytes, mode: int, *, exclusive: bool) -> None:
-    """Write and fsync ``data`` to ``path``, created with ``mode`` (never briefly readable).
-
-    ``exclusive`` refuses an existing file (``FileExistsError``); otherwise it is truncated.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, mode)
-    try:
-        os.fchmod(fd, mode)  # umask may have removed bits of a new file's mode
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -2,238 +2,73 @@
 
 One ledger file exists per bank and dataset (keyed by the dataset fingerprint)
 and persists across runs, so the ``privacy_spend`` entries of all runs compose
-into the bank's lifetime privacy loss on that dataset.
+into the bank's lifetime privacy loss on that dataset. The line format is in
+:mod:`fedrisk.privacy.chain`, verification without the key in
+:mod:`fedrisk.privacy.verify`.
 
-File format (``fedrisk-ledger/1``): JSON lines, one entry per line, each line
-the canonical JSON (``sort_keys``, ``separators=(",", ":")``, ``ensure_ascii``,
-no NaN/Infinity) of ``{index, timestamp, kind, body, prev_hash, entry_hash,
-signature}``. The *signed payload* of an entry is the canonical JSON of
-``{index, timestamp, kind, body, prev_hash}``:
+A rolled-back ledger would lower the bank's lifetime ε, so the bank refuses to use
+one (:class:`~fedrisk.privacy.chain.LedgerRollback`):
 
-- ``entry_hash`` = SHA-256 hex of the signed payload;
-- ``signature`` = base64 Ed25519 signature over the signed payload bytes
-  themselves (not over ``entry_hash``; Ed25519 hashes its message internally);
-- ``prev_hash`` = ``entry_hash`` of the previous line, 64 zeros for line 0.
-
-Line 0 is a ``genesis`` entry whose body holds the format, bank id, dataset
-fingerprint and the signer's public key (PEM); every entry must verify under
-that key.
-
-What verification proves and what it does not:
-
-- Any edit, insertion, removal or reordering of entries before the last one
-  breaks the chain and is reported at the first affected line.
-- Removing entries from the *end* leaves a valid, shorter chain: a hash chain
-  cannot detect truncation. That is why the bank also reports its latest entry
-  hash (``EgressLedger.head_hash``) in the run's metrics; an auditor compares it
-  with ``VerificationResult.last_hash``.
-- Someone holding the bank's private key, or rewriting the whole file under a
-  fresh genesis key, produces a valid ledger. Pinning the bank's provisioned
-  public key (``verify_ledger(path, public_key)``) defeats the second case.
+- after every append it records the ledger's entry count and head hash in the
+  anchor beside it (:mod:`fedrisk.privacy.anchor`), and every time it opens or
+  reads the ledger it checks the ledger still holds them: a truncated ledger, an
+  older copy, or a deleted ledger whose anchor remains, stops the bank;
+- a ledger found without an anchor (written before anchors existed, or whose
+  anchor was deleted) gets one, and a signed ``note`` entry records when;
+- ledger and anchor deleted or rolled back together cannot be seen on the bank's
+  disk: :meth:`EgressLedger.check_known_head` compares the ledger with the head
+  the coordinator last recorded for the bank.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fcntl
 import hashlib
-import json
 import math
 import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedrisk.files import ensure_private_dir, fsync_dir
+from fedrisk.privacy.anchor import anchor_path, read_anchor, write_anchor
+from fedrisk.privacy.chain import (
+    ENTRY_KINDS,
+    GENESIS_KIND,
+    LEDGER_DIRNAME,
+    LEDGER_FORMAT,
+    LEDGER_SUFFIX,
+    PRIVACY_SPEND_KEYS,
+    ChainChecker,
+    LedgerEntry,
+    LedgerError,
+    LedgerRollback,
+    last_epsilon,
+    public_key_bytes,
+    scan_lines,
+    sign_entry,
+    spend_bodies,
+)
 from fedrisk.privacy.keys import (
     KeyFileError,
-    ensure_private_dir,
-    fsync_dir,
     load_or_create_signing_key,
-    load_public_key,
     public_key_pem,
 )
 
-LEDGER_FORMAT = "fedrisk-ledger/1"
-GENESIS_KIND = "genesis"
-# privacy_spend: one DP-SGD phase on the training rows; release_spend: another accounted
-# release (noisy evaluation histograms of the held-out rows, a noisy published size).
-ENTRY_KINDS = frozenset({"privacy_spend", "release_spend", "egress", "blocked", "refusal",
-                         "note"})
-PRIVACY_SPEND_KEYS = (
-    "run_id",
-    "round",
-    "noise_multiplier",
-    "sample_rate",
-    "steps",
-    "epsilon",
-    "delta",
-    "accountant",
-)
 KEY_FILENAME = "signing_key.pem"
-LEDGER_DIRNAME = "ledgers"
-ZERO_HASH = "0" * 64
-
-_PAYLOAD_KEYS = ("index", "timestamp", "kind", "body", "prev_hash")
-_LINE_KEYS = frozenset((*_PAYLOAD_KEYS, "entry_hash", "signature"))
-_LINE_TYPES: dict[str, type] = {
-    "index": int,
-    "timestamp": str,
-    "kind": str,
-    "body": dict,
-    "prev_hash": str,
-    "entry_hash": str,
-    "signature": str,
-}
+# How to resolve a rollback: said in every LedgerRollback message.
+ROLLBACK_ADVICE = (
+    "restore the newest copy of the ledger (never an older backup) and check it with "
+    "`fedrisk audit verify`; if it is lost, this table's privacy history is lost with it: "
+    "retire the table or set its lifetime budget as spent"
+)
 _FINGERPRINT_RE = re.compile(r"[0-9a-fA-F]{16,}")
-_LEDGER_MARKER = f'"format":"{LEDGER_FORMAT}"'.encode("ascii")
-
-
-class LedgerError(Exception):
-    """The ledger cannot be used: broken chain, wrong bank/dataset/key, or a non-JSON body."""
-
-
-class _ChainBreak(Exception):
-    """Internal: the line being checked does not extend the chain; args[0] is the reason."""
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One signed line of the ledger, as an auditor reads it.
-
-    Attributes:
-        index: 0-based position in the chain (0 is genesis). Consecutive indices
-            prove no entry was inserted, dropped or moved before the last one.
-        timestamp: UTC ISO-8601 time of writing as claimed by the bank; signed,
-            so it cannot be changed later, but not attested by a third party.
-        kind: ``"genesis"`` (index 0 only), ``"privacy_spend"``, ``"egress"``,
-            ``"refusal"`` or ``"note"``.
-        body: the kind-specific JSON object (see ``egress_body`` and
-            ``PRIVACY_SPEND_KEYS``).
-        prev_hash: ``entry_hash`` of the previous entry (64 zeros for genesis);
-            binds this entry to the whole history before it.
-        entry_hash: SHA-256 hex of the signed payload (canonical JSON of
-            index, timestamp, kind, body, prev_hash); proves the content.
-        signature: base64 Ed25519 signature over the signed payload, verified
-            with the public key in genesis; proves the bank's key wrote this content.
-
-    """
-
-    index: int
-    timestamp: str
-    kind: str
-    body: dict[str, Any]
-    prev_hash: str
-    entry_hash: str
-    signature: str
-
-    def signed_payload(self) -> bytes:
-        """Return the canonical bytes that ``entry_hash`` digests and ``signature`` signs."""
-        return _canonical({key: getattr(self, key) for key in _PAYLOAD_KEYS})
-
-    def to_line(self) -> bytes:
-        """Return the entry's canonical JSON line, newline included, as stored on disk."""
-        return _canonical({key: getattr(self, key) for key in _LINE_KEYS}) + b"\n"
-
-
-@dataclass
-class VerificationResult:
-    """Outcome of verifying one ledger file.
-
-    Attributes:
-        ok: every line verified (chain, hashes, signatures, genesis, trusted key).
-        entries: number of entries that verified, i.e. the intact prefix.
-        first_bad_index: 0-based line number of the first entry that failed,
-            ``None`` when ok (or when the file could not be read at all).
-        reason: one line saying why that entry failed, ``None`` when ok.
-        bank_id: bank named by a verified genesis entry, else ``None``.
-        last_epsilon: ε of the last ``privacy_spend`` entry in the intact prefix.
-        path: the ledger file.
-        dataset_fingerprint: dataset named by a verified genesis entry.
-        last_hash: ``entry_hash`` of the last verified entry; compare it with the
-            head hash the bank reported in the run's metrics to detect a
-            truncated tail, which the chain alone cannot reveal.
-
-    """
-
-    ok: bool
-    entries: int
-    first_bad_index: int | None
-    reason: str | None
-    bank_id: str | None
-    last_epsilon: float | None
-    path: Path
-    dataset_fingerprint: str | None = None
-    last_hash: str | None = None
-
-    def __str__(self) -> str:
-        if self.ok:
-            eps = "none" if self.last_epsilon is None else f"{self.last_epsilon:.4g}"
-            return f"OK   {self.path}: {self.entries} entries, bank {self.bank_id}, last ε {eps}"
-        where = "" if self.first_bad_index is None else f" at entry {self.first_bad_index}"
-        return f"FAIL {self.path}{where}: {self.reason}"
-
-
-class _ChainChecker:
-    """Verifies lines one by one against the chain so far; adopts the key from genesis."""
-
-    def __init__(self, trusted_key: Ed25519PublicKey | None = None) -> None:
-        self.trusted_key = trusted_key
-        self.public_key: Ed25519PublicKey | None = None
-        self.genesis: LedgerEntry | None = None
-        self.next_index = 0
-        self.prev_hash = ZERO_HASH
-
-    def check(self, raw: bytes) -> LedgerEntry:
-        """Verify one line (without its newline) and advance; raise _ChainBreak otherwise."""
-        entry = _parse_line(raw)
-        if entry.index != self.next_index:
-            raise _ChainBreak(f"index is {entry.index}, expected {self.next_index}")
-        if entry.prev_hash != self.prev_hash:
-            raise _ChainBreak("prev_hash does not match the previous entry's hash")
-        if hashlib.sha256(entry.signed_payload()).hexdigest() != entry.entry_hash:
-            raise _ChainBreak("entry_hash does not match the entry's content")
-        key = self._genesis_key(entry) if self.next_index == 0 else self._entry_key(entry)
-        _verify_signature(key, entry)
-        if self.next_index == 0:
-            self.public_key, self.genesis = key, entry
-        self.next_index += 1
-        self.prev_hash = entry.entry_hash
-        return entry
-
-    def _genesis_key(self, entry: LedgerEntry) -> Ed25519PublicKey:
-        body = entry.body
-        if entry.kind != GENESIS_KIND or body.get("format") != LEDGER_FORMAT:
-            raise _ChainBreak(f"first entry is not a {LEDGER_FORMAT} genesis entry")
-        if not all(isinstance(body.get(k), str) for k in ("bank_id", "dataset_fingerprint")):
-            raise _ChainBreak("genesis lacks bank_id or dataset_fingerprint")
-        pem = body.get("public_key")
-        try:
-            # bytes, so a non-PEM value is never mistaken for a file path
-            key = load_public_key(pem.encode("ascii") if isinstance(pem, str) else b"")
-        except (KeyFileError, UnicodeEncodeError):
-            raise _ChainBreak("genesis public_key is not an Ed25519 PEM public key") from None
-        if self.trusted_key is not None and _raw(key) != _raw(self.trusted_key):
-            raise _ChainBreak("genesis public key differs from the trusted public key")
-        return key
-
-    def _entry_key(self, entry: LedgerEntry) -> Ed25519PublicKey:
-        if entry.kind not in ENTRY_KINDS:
-            raise _ChainBreak(f"unknown entry kind {entry.kind!r}")
-        assert self.public_key is not None  # set by genesis, which always comes first
-        return self.public_key
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class EgressLedger:
@@ -248,22 +83,26 @@ class EgressLedger:
     ) -> None:
         """Open the ledger at ``path``, creating it with a signed genesis entry if absent.
 
-        A new file is created with mode 0600 (missing parents 0700). An existing
-        ledger is fully verified first, then must name the same ``bank_id`` and
+        A new file is created with mode 0600 (missing parents 0700), with its anchor
+        beside it. An existing ledger is fully verified first, must hold what its
+        anchor records, then must name the same ``bank_id`` and
         ``dataset_fingerprint`` and carry ``signing_key``'s public key in genesis.
 
         Raises:
-            LedgerError: the chain is broken, or the ledger belongs to another
-                bank, dataset or key.
+            LedgerRollback: the ledger is shorter than its anchor, differs from it,
+                or is missing or empty while its anchor exists.
+            LedgerError: the chain is broken, the ledger belongs to another bank,
+                dataset or key, or the anchor cannot be written.
 
         """
         _require_text(bank_id, "bank_id")
         _require_text(dataset_fingerprint, "dataset_fingerprint")
         self.path = Path(path)
+        self.anchor_path = anchor_path(self.path)
         self.bank_id = bank_id
         self.dataset_fingerprint = dataset_fingerprint
         self._key = signing_key
-        self._checker = _ChainChecker()
+        self._checker = ChainChecker()
         self._entries: list[LedgerEntry] = []
         self._offset = 0
         self._create_file_if_absent()
@@ -271,7 +110,11 @@ class EgressLedger:
             self._sync(fd)
             if not self._entries:
                 self._write(fd, GENESIS_KIND, self._genesis_body())
-        self._check_owner()
+            self._check_owner()
+            if read_anchor(self.anchor_path) is None:
+                self._write(fd, "note", {"event": "anchor created", "entries": len(self._entries),
+                                         "reason": "no anchor beside the ledger (first use of "
+                                                   "anchoring, or the anchor was deleted)"})
 
     @classmethod
     def for_bank(
@@ -285,7 +128,8 @@ class EgressLedger:
 
         The key is ``state_dir/signing_key.pem`` (created on first use) unless
         ``key_path`` names a provisioned key, which must then already exist. The
-        ledger is ``state_dir/ledgers/<first 16 hex chars of the fingerprint>.jsonl``.
+        ledger is ``state_dir/ledgers/<first 16 hex chars of the fingerprint>.jsonl``,
+        its anchor the ``.anchor`` file of the same name.
 
         Raises:
             LedgerError: the fingerprint is not a hex string of 16+ characters,
@@ -302,21 +146,25 @@ class EgressLedger:
             )
         state_dir = Path(state_dir)
         key = _bank_key(state_dir, key_path)
-        path = state_dir / LEDGER_DIRNAME / f"{dataset_fingerprint[:16]}.jsonl"
+        path = state_dir / LEDGER_DIRNAME / f"{dataset_fingerprint[:16]}{LEDGER_SUFFIX}"
         return cls(path, key, bank_id, dataset_fingerprint)
 
     def append(self, kind: str, body: Mapping[str, Any]) -> LedgerEntry:
-        """Sign and durably append one entry; return it once it is on disk.
+        """Sign and durably append one entry, then anchor it; return it once both are on disk.
 
         Under an exclusive ``flock`` the entries other processes appended since
-        the last read are verified, then the new line is written and
-        ``os.fsync``-ed. Callers append *before* the described message leaves the
-        bank (write-ahead), so anything that left has an entry.
+        the last read are verified and checked against the anchor, then the new
+        line is written and ``os.fsync``-ed, then the anchor is rewritten.
+        Callers append *before* the described message leaves the bank
+        (write-ahead): if this raises, the message must not be sent.
 
         Raises:
             LedgerError: unknown ``kind``; a ``privacy_spend`` body missing
                 ``PRIVACY_SPEND_KEYS``; a body that is not strict JSON (NaN,
-                infinity, non-string keys, non-JSON values); or a broken chain.
+                infinity, non-string keys, non-JSON values); a broken chain; or
+                an anchor that cannot be written (the entry is then in the ledger
+                but must be treated as not sent).
+            LedgerRollback: the ledger no longer holds what its anchor records.
 
         """
         if kind not in ENTRY_KINDS:
@@ -334,10 +182,13 @@ class EgressLedger:
     def entries(self) -> list[LedgerEntry]:
         """Return all entries, genesis first, including those appended by other processes.
 
-        New lines are verified (chain and signatures) before being returned.
+        New lines are verified (chain and signatures) and the ledger is checked
+        against its anchor before anything is returned.
 
         Raises:
-            LedgerError: a newly read line breaks the chain, or the file shrank.
+            LedgerError: a newly read line breaks the chain.
+            LedgerRollback: the file shrank, vanished, or no longer holds what its
+                anchor records.
 
         """
         with self._locked(exclusive=False) as fd:
@@ -348,6 +199,41 @@ class EgressLedger:
     def head_hash(self) -> str:
         """``entry_hash`` of the latest entry: report it in run metrics to pin the ledger's end."""
         return self.entries()[-1].entry_hash
+
+    @property
+    def entry_count(self) -> int:
+        """Number of entries, genesis included: report it with ``head_hash``."""
+        return len(self.entries())
+
+    def check_known_head(self, entries: int, head: str) -> None:
+        """Refuse a ledger that lacks the head someone outside the bank last saw.
+
+        ``entries`` and ``head`` are an (``entry_count``, ``head_hash``) pair the bank
+        reported earlier, as the coordinator's run record keeps it. The ledger must
+        still hold entry ``entries - 1`` with hash ``head``. This catches what the
+        anchor cannot: ledger and anchor deleted together (a fresh genesis) or both
+        restored from an older backup.
+
+        Raises:
+            LedgerRollback: the ledger is shorter than ``entries`` or its entry
+                ``entries - 1`` has another hash; one line saying how to resolve it.
+            LedgerError: ``entries`` is not a positive int or ``head`` not a SHA-256 hex.
+
+        """
+        if not isinstance(entries, int) or isinstance(entries, bool) or entries < 1:
+            raise LedgerError(f"known ledger entry count must be a positive int, got {entries!r}")
+        if not isinstance(head, str) or not _HASH_RE.fullmatch(head):
+            raise LedgerError(f"known ledger head must be a SHA-256 hex string, got {head!r}")
+        current = self.entries()
+        if len(current) < entries:
+            raise LedgerRollback(
+                f"ledger {self.path} has {len(current)} entries but this bank last reported "
+                f"{entries} (head {head[:16]}): the ledger was rolled back, truncated or "
+                f"deleted; {ROLLBACK_ADVICE}")
+        if current[entries - 1].entry_hash != head:
+            raise LedgerRollback(
+                f"ledger {self.path} entry {entries - 1} is not the head this bank last "
+                f"reported ({head[:16]}): the ledger was replaced; {ROLLBACK_ADVICE}")
 
     def privacy_history(self, run_id: str | None = None) -> list[tuple[float, float, int]]:
         """Return the Opacus accountant history recorded in ``privacy_spend`` entries.
@@ -360,13 +246,13 @@ class EgressLedger:
         """
         return [
             (float(b["noise_multiplier"]), float(b["sample_rate"]), int(b["steps"]))
-            for b in _spend_bodies(self.entries())
+            for b in spend_bodies(self.entries())
             if run_id is None or b["run_id"] == run_id
         ]
 
     def last_epsilon(self) -> float | None:
         """Return ε of the latest ``privacy_spend`` entry that recorded one, across all runs."""
-        return _last_epsilon(self.entries())
+        return last_epsilon(self.entries())
 
     def _genesis_body(self) -> dict[str, Any]:
         return {
@@ -388,7 +274,7 @@ class EgressLedger:
                     f"ledger {self.path} belongs to {field} {genesis.body[field]!r}, "
                     f"not {expected!r}; use that bank's state dir or another ledger path"
                 )
-        if _raw(self._checker.public_key) != _raw(self._key.public_key()):
+        if public_key_bytes(self._checker.public_key) != public_key_bytes(self._key.public_key()):
             raise LedgerError(
                 f"ledger {self.path} was started with a different signing key; "
                 "use the bank's original key or a new state dir"
@@ -412,7 +298,8 @@ class EgressLedger:
         try:
             fd = os.open(self.path, flags | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise LedgerError(f"ledger {self.path} disappeared while in use") from None
+            raise LedgerRollback(
+                f"ledger {self.path} was deleted while in use; {ROLLBACK_ADVICE}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield fd
@@ -420,14 +307,14 @@ class EgressLedger:
             os.close(fd)  # also releases the flock
 
     def _sync(self, fd: int) -> None:
-        """Verify and cache the lines appended since the last read (caller holds the lock)."""
+        """Verify and cache new lines, then check the anchor (caller holds the lock)."""
         size = os.fstat(fd).st_size
         if size < self._offset:
-            raise LedgerError(
-                f"ledger {self.path} shrank from {self._offset} to {size} bytes while in use"
-            )
+            raise LedgerRollback(
+                f"ledger {self.path} shrank from {self._offset} to {size} bytes while in use: "
+                f"it was truncated or an older copy restored; {ROLLBACK_ADVICE}")
         data = os.pread(fd, size - self._offset, self._offset)
-        entries, consumed, reason = _scan(data, self._checker)
+        entries, consumed, reason = scan_lines(data, self._checker)
         self._entries.extend(entries)
         self._offset += consumed
         if reason is not None:
@@ -435,22 +322,33 @@ class EgressLedger:
                 f"ledger {self.path} is broken at entry {self._checker.next_index}: {reason}; "
                 "run verification on it and restore it from a backup"
             )
+        anchor = read_anchor(self.anchor_path)
+        mismatch = anchor.mismatch(self._entries) if anchor is not None else None
+        if mismatch is not None:
+            raise LedgerRollback(f"ledger {self.path} {mismatch[1]}; {ROLLBACK_ADVICE}")
 
     def _write(self, fd: int, kind: str, body: dict[str, Any]) -> LedgerEntry:
-        """Sign, append and fsync one entry (caller holds the exclusive lock and has synced)."""
-        line = _sign_entry(
+        """Sign, append, fsync and anchor one entry (caller holds the lock and has synced)."""
+        line = sign_entry(
             self._key, self._checker.next_index, self._checker.prev_hash, kind, body
         ).to_line()
         _write_all(fd, line)
         os.fsync(fd)
         # Re-reading our own line through the checker keeps the cache identical to
         # what another reader parses (tuples become lists, keys are sorted).
-        try:
-            entry = self._checker.check(line[:-1])
-        except _ChainBreak as exc:
-            raise LedgerError(f"ledger {self.path}: wrote an unverifiable entry: {exc}") from None
+        written, _, reason = scan_lines(line, self._checker)
+        if reason is not None:
+            raise LedgerError(f"ledger {self.path}: wrote an unverifiable entry: {reason}")
+        entry = written[0]
         self._entries.append(entry)
         self._offset += len(line)
+        try:
+            write_anchor(self.anchor_path, len(self._entries), entry.entry_hash)
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot write the ledger anchor {self.anchor_path} ({exc.strerror}): entry "
+                f"{entry.index} is in the ledger but must be treated as not sent; make the "
+                "bank's state dir writable") from None
         return entry
 
 
@@ -498,187 +396,10 @@ def egress_body(
     }
 
 
-def verify_ledger(path: Path, public_key: Ed25519PublicKey | None = None) -> VerificationResult:
-    """Verify one ledger file and report the first bad entry, if any.
-
-    Checks, line by line: the line is canonical JSON with exactly the entry
-    fields; indices run 0, 1, 2, ...; each ``prev_hash`` equals the previous
-    ``entry_hash``; ``entry_hash`` matches the content; line 0 is a genesis
-    entry; every signature verifies under the genesis public key. If
-    ``public_key`` (the bank's trusted, e.g. provisioned, key) is given and
-    differs from the genesis key, verification fails at index 0.
-
-    A truncated tail still verifies; compare ``last_hash`` with the head hash
-    the bank reported to detect it.
-    """
-    return _verify(Path(path), public_key)[0]
-
-
-def verify_path(path: Path) -> list[VerificationResult]:
-    """Verify a ledger file, or every ledger below a directory (run dir or state dir).
-
-    In a directory, ``*.jsonl`` files are searched recursively and verified in
-    sorted path order. Files inside a ``ledgers/`` directory are always checked;
-    other ``*.jsonl`` files only when their first line declares the ledger
-    format, so unrelated JSON-lines logs in a run dir are not reported as broken.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return [verify_ledger(path)]
-    return [verify_ledger(p) for p in sorted(path.rglob("*.jsonl")) if _is_ledger_file(p)]
-
-
-def read_ledger(path: Path, public_key: Ed25519PublicKey | None = None) -> list[LedgerEntry]:
-    """Return the entries of a ledger without its signing key, after full verification.
-
-    Raises:
-        LedgerError: ``verify_ledger`` failed; the message is its one-line reason.
-
-    """
-    result, entries = _verify(Path(path), public_key)
-    if not result.ok:
-        raise LedgerError(str(result))
-    return entries
-
-
-def _verify(
-    path: Path, public_key: Ed25519PublicKey | None
-) -> tuple[VerificationResult, list[LedgerEntry]]:
-    try:
-        data = _read_locked(path)
-    except OSError as exc:
-        reason = f"cannot read ledger: {exc.strerror}"
-        return VerificationResult(False, 0, None, reason, None, None, path), []
-    checker = _ChainChecker(trusted_key=public_key)
-    entries, _, reason = _scan(data, checker)
-    if reason is None and not entries:
-        reason = "empty ledger: no genesis entry"
-    genesis = checker.genesis.body if checker.genesis is not None else {}
-    result = VerificationResult(
-        ok=reason is None,
-        entries=len(entries),
-        first_bad_index=None if reason is None else len(entries),
-        reason=reason,
-        bank_id=genesis.get("bank_id"),
-        last_epsilon=_last_epsilon(entries),
-        path=path,
-        dataset_fingerprint=genesis.get("dataset_fingerprint"),
-        last_hash=entries[-1].entry_hash if entries else None,
-    )
-    return result, entries
-
-
-def _canonical(obj: Any) -> bytes:
-    try:
-        text = json.dumps(
-            obj,
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=True,
-            allow_nan=False,
-            default=_numpy_scalar,
-        )
-    except (TypeError, ValueError) as exc:
-        raise LedgerError(
-            f"ledger content must be strict JSON (string keys, no NaN/Infinity): {exc}"
-        ) from None
-    return text.encode("ascii")
-
-
-def _numpy_scalar(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()  # e.g. steps as np.int64 from an accountant
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _parse_line(raw: bytes) -> LedgerEntry:
-    try:
-        obj = json.loads(raw.decode("ascii"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError):
-        raise _ChainBreak("line is not valid ASCII JSON") from None
-    if not isinstance(obj, dict) or set(obj) != _LINE_KEYS:
-        raise _ChainBreak(f"line does not have exactly the fields {sorted(_LINE_KEYS)}")
-    for key, expected in _LINE_TYPES.items():
-        value = obj[key]
-        if not isinstance(value, expected) or isinstance(value, bool):
-            raise _ChainBreak(f"field {key} is not a {expected.__name__}")
-    entry = LedgerEntry(**obj)
-    # Whitespace edits or duplicate keys keep the parsed content but change the bytes.
-    if entry.to_line()[:-1] != raw:
-        raise _ChainBreak("line is not in canonical form")
-    return entry
-
-
-def _verify_signature(key: Ed25519PublicKey, entry: LedgerEntry) -> None:
-    try:
-        signature = base64.b64decode(entry.signature, validate=True)
-        key.verify(signature, entry.signed_payload())
-    except (binascii.Error, InvalidSignature):
-        raise _ChainBreak("signature does not verify under the genesis public key") from None
-
-
-def _sign_entry(
-    key: Ed25519PrivateKey, index: int, prev_hash: str, kind: str, body: dict[str, Any]
-) -> LedgerEntry:
-    timestamp = datetime.now(UTC).isoformat(timespec="microseconds")
-    payload = _canonical(
-        {"index": index, "timestamp": timestamp, "kind": kind, "body": body, "prev_hash": prev_hash}
-    )
-    return LedgerEntry(
-        index=index,
-        timestamp=timestamp,
-        kind=kind,
-        body=body,
-        prev_hash=prev_hash,
-        entry_hash=hashlib.sha256(payload).hexdigest(),
-        signature=base64.b64encode(key.sign(payload)).decode("ascii"),
-    )
-
-
-def _scan(data: bytes, checker: _ChainChecker) -> tuple[list[LedgerEntry], int, str | None]:
-    """Feed complete lines to ``checker``: (verified entries, bytes consumed, first failure)."""
-    entries: list[LedgerEntry] = []
-    consumed = 0
-    *lines, tail = data.split(b"\n")
-    for raw in lines:
-        try:
-            entries.append(checker.check(raw))
-        except _ChainBreak as exc:
-            return entries, consumed, str(exc)
-        consumed += len(raw) + 1
-    if tail:
-        return entries, consumed, "last line is incomplete (no newline): torn write or truncation"
-    return entries, consumed, None
-
-
-def _read_locked(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)  # never read half of a concurrent append
-        return handle.read()
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _raw(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def _is_ledger_file(path: Path) -> bool:
-    if path.parent.name == LEDGER_DIRNAME:
-        return True
-    try:
-        with open(path, "rb") as handle:
-            return _LEDGER_MARKER in handle.readline(1 << 16)
-    except OSError:
-        return True  # unreadable: let verify_ledger report it rather than hide it
 
 
 def _bank_key(state_dir: Path, key_path: Path | None) -> Ed25519PrivateKey:
@@ -713,17 +434,6 @@ def _check_privacy_spend(body: Mapping[str, Any]) -> None:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float | np.number) and not isinstance(value, bool)
-
-
-def _spend_bodies(entries: list[LedgerEntry]) -> Iterator[dict[str, Any]]:
-    return (entry.body for entry in entries if entry.kind == "privacy_spend")
-
-
-def _last_epsilon(entries: list[LedgerEntry]) -> float | None:
-    for body in reversed(list(_spend_bodies(entries))):
-        if body.get("epsilon") is not None:
-            return float(body["epsilon"])
-    return None
 
 
 def _describe_array(name: str, value: np.ndarray) -> dict[str, Any]:

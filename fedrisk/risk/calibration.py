@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fedrisk.data import DataError, check_table, read_table, stratified_split
 from fedrisk.data.errors import first_line
+from fedrisk.files import write_private_file
 from fedrisk.risk.run import Run
 
 CALIBRATION_METHODS = ("platt", "isotonic")
@@ -65,9 +66,9 @@ class Calibrator:
         return np.interp(logits, self.logit_knots, self.pd_knots)
 
     def save(self, path: Path) -> None:
-        """Write the calibrator as JSON."""
+        """Write the calibrator as JSON, a private file: its knots are held-out rows' logits."""
         payload = {"format": CALIBRATOR_FORMAT, "version": CALIBRATOR_VERSION, **asdict(self)}
-        path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        write_private_file(Path(path), (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, path: Path, model_sha256: str) -> Calibrator:

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from fedrisk.data import DataError, read_table, write_table
+from fedrisk.files import ensure_private_dir, write_private_file
 from fedrisk.risk.calibration import UNCALIBRATED, calibrator_for
 from fedrisk.risk.montecarlo import LossSimulation, basel_retail_correlation, simulate_losses
 from fedrisk.risk.rows import ROW_COLUMN, check_rows
@@ -188,7 +189,7 @@ def _check_arguments(lgd: float, asset_correlation: float | None, scenarios: int
 def _output_dir(path: str | Path) -> Path:
     directory = Path(path)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(directory)  # contributions and rejects are per-loan
     except OSError as error:
         raise DataError(f"{directory}: cannot create output directory ({error.strerror})"
                         ) from None
@@ -231,8 +232,9 @@ def _write(result: PortfolioResult, out: Path, n_top: int) -> PortfolioResult:
                      contributions_path=out / CONTRIBUTIONS_FILE)
     write_table(result.contributions, result.contributions_path)
     plot_loss_distribution(result, result.histogram_path)
-    result.summary_path.write_text(json.dumps(result.summary(n_top), indent=2) + "\n",
-                                   encoding="utf-8")
+    # private: the top contributors are individual loans (row, PD, exposure)
+    write_private_file(result.summary_path,
+                       (json.dumps(result.summary(n_top), indent=2) + "\n").encode("utf-8"))
     return result
 
 

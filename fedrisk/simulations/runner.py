@@ -18,7 +18,9 @@ from fedrisk.data import (
     read_table,
     split_table,
     stratified_split,
+    write_table,
 )
+from fedrisk.files import ensure_private_dir, write_private_file
 from fedrisk.models import ModelSpec
 from fedrisk.privacy.policy import BankPolicy
 from fedrisk.simulations.baselines import Split, centralized_auc, local_only_auc
@@ -126,17 +128,20 @@ def _bank_tables(request: SimulationRequest, seed: int) -> tuple[dict[str, pd.Da
 
 def _materialize(banks: dict[str, pd.DataFrame], contract: Contract, policy: BankPolicy,
                  data_dir: Path) -> Path:
-    """Write each bank's file and policy, and the manifest simulated nodes read by partition id."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Write each bank's file and policy, and the manifest simulated nodes read by partition id.
+
+    The banks' rows and the manifest are private files (0600, in a 0700 folder).
+    """
+    ensure_private_dir(data_dir)
     contract.save(data_dir / "contract.toml")
     entries = []
     for bank_id, table in banks.items():
-        table.to_csv(data_dir / f"{bank_id}.csv", index=False)
+        write_table(table, data_dir / f"{bank_id}.csv")
         policy.save(data_dir / "policies" / f"{bank_id}.toml")
         entries.append({"id": bank_id, "file": f"{bank_id}.csv", "rows": len(table),
                         "policy": f"policies/{bank_id}.toml"})
     manifest = {"contract": "contract.toml", "banks": entries}
-    (data_dir / "banks.json").write_text(json.dumps(manifest, indent=2))
+    write_private_file(data_dir / "banks.json", json.dumps(manifest, indent=2).encode())
     return data_dir
 
 
