@@ -39,6 +39,10 @@ class RunConfig:
             global model on its own rows for ``personalization_epochs`` (DP, charged to the
             same budget; the personalized model never leaves the bank) with the smaller
             ``personalization_learning_rate``; ``"none"``.
+        ledger_heads_file: the coordinator's record (JSON, on its own host) of each bank's
+            last reported ledger head, entry count and lifetime ε; sent to the banks with the
+            run's first message so that a bank whose ledger was rolled back refuses. Empty:
+            no record (``fedrisk simulate`` and ``consortium run`` set one).
         secure_aggregation: Flower SecAgg+; the coordinator sees only the sum of updates.
         secagg_num_shares / secagg_reconstruction_threshold: SecAgg+ secret sharing; a
             value ≤ 1 is a fraction of the sampled banks (1.0 = every bank holds a share),
@@ -77,6 +81,7 @@ class RunConfig:
     personalization_epochs: int = 1
     personalization_learning_rate: float = 0.1
     bank_state_dir: str = ""
+    ledger_heads_file: str = ""
     secure_aggregation: bool = True
     secagg_num_shares: float = 1.0
     secagg_reconstruction_threshold: float = 0.6

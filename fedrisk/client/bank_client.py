@@ -105,7 +105,16 @@ class BankClient(NumPyClient):
             metrics |= self._grade_quality(model)
         if config.get("personalize") and self._personalization_epochs() > 0:
             metrics |= self._personalize(model, int(config["server-round"]))
-        return loss, len(labels), metrics
+        return loss, len(labels), metrics | self.ledger_report()
+
+    def ledger_report(self) -> dict[str, Scalar]:
+        """The ledger's id, length and head, taken after the round's last entry.
+
+        The coordinator keeps them, so that a later rollback of this ledger is noticed.
+        """
+        ledger = self.bank.ledger
+        return {"ledger_id": ledger.ledger_id, "ledger_entries": ledger.entry_count,
+                "ledger_head": ledger.head_hash}
 
     def _personalize(self, model, server_round: int) -> dict[str, Scalar]:
         """DP fine-tuning of the global model on this bank's rows; the result stays here."""

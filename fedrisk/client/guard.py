@@ -63,6 +63,7 @@ def _policy(bank: Bank, config: RunConfig) -> EgressPolicy:
     spec = model_spec_for(bank, config)
     shapes = tuple(tuple(t.shape) for t in build_model(spec).state_dict().values())
     return EgressPolicy(bank.bank_id, shapes, HISTOGRAM_BINS, ledger_head=bank.ledger.head_hash,
+                        ledger_entries=bank.ledger.entry_count, ledger_id=bank.ledger.ledger_id,
                         n_grades=spec.n_grades, prior_default_rate=spec.prior_default_rate)
 
 

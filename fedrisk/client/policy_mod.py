@@ -16,11 +16,13 @@ from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
-from fedrisk.client.bank import bank_for_context
+from fedrisk.client.bank import Bank, bank_for_context, resolve_source
 from fedrisk.client.bank_client import BankClient
 from fedrisk.client.refusal import refusal_reply
 from fedrisk.config import RunConfig
 from fedrisk.privacy.accounting import PrivacyBudgetExceeded
+from fedrisk.privacy.chain import LedgerRollback
+from fedrisk.privacy.ledger import known_head_key, parse_known_head
 from fedrisk.privacy.policy import PolicyRefusal
 
 log = logging.getLogger("fedrisk.bank")
@@ -32,6 +34,11 @@ def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     try:
         config = RunConfig.from_run_config(dict(context.run_config))
         bank = bank_for_context(context)
+        _check_known_head(msg, bank)
+    except LedgerRollback as rollback:  # the ledger cannot be trusted: log it, write nothing
+        bank_id = resolve_source(dict(context.node_config), config).bank_id
+        return refusal_reply(msg, context.run_id, None, bank_id,
+                             PolicyRefusal("ledger-rollback", str(rollback)))
     except Exception as error:  # noqa: BLE001 - bad data, config or policy: fail closed
         log.error("bank refuses to take part: %s", error)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
@@ -48,3 +55,11 @@ def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         refusal = PolicyRefusal("privacy-budget", str(exhausted))
         return refusal_reply(msg, context.run_id, bank.ledger, bank.bank_id, refusal)
     return call_next(msg, context)
+
+
+def _check_known_head(msg: Message, bank: Bank) -> None:
+    """Refuse if the ledger lacks the head this bank last reported to the coordinator."""
+    key = known_head_key(bank.bank_id, bank.ledger.ledger_id)
+    for record in msg.content.config_records.values() if msg.has_content() else ():
+        if key in record:
+            bank.ledger.check_known_head(*parse_known_head(record[key]))

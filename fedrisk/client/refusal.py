@@ -25,14 +25,19 @@ def message_round(msg: Message) -> int:
     return int(group) if group.isdigit() else 0
 
 
-def refusal_reply(msg: Message, run_id: int | str, ledger: EgressLedger, bank_id: str,
+def refusal_reply(msg: Message, run_id: int | str, ledger: EgressLedger | None, bank_id: str,
                   refusal: PolicyRefusal) -> Message:
-    """Record ``refusal`` in the bank's ledger and return the fixed-text error reply to send."""
-    ledger.append("refusal", {
-        "run_id": str(run_id), "round": message_round(msg),
-        "message_kind": msg.metadata.message_type, "policy_key": refusal.key,
-        "reason": refusal.detail or str(refusal),
-    })
+    """Record ``refusal`` in the bank's ledger and return the fixed-text error reply to send.
+
+    ``ledger`` is None only when the ledger itself cannot be trusted (rolled back): the
+    refusal then goes to the bank's log alone.
+    """
+    if ledger is not None:
+        ledger.append("refusal", {
+            "run_id": str(run_id), "round": message_round(msg),
+            "message_kind": msg.metadata.message_type, "policy_key": refusal.key,
+            "reason": refusal.detail or str(refusal),
+        })
     log.warning("bank %s refuses a %s message of run %s: %s (%s)", bank_id,
                 msg.metadata.message_type, run_id, refusal.key, refusal.detail)
     return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION, f"bank {bank_id}: {refusal}"),

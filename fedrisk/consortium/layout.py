@@ -12,6 +12,7 @@ The coordinator's directory (``DIR``, made by ``consortium init``)::
         flwr-home/config.toml    the flwr CLI connection to the control address
         state.db                 the SuperLink database (run registry, registered nodes)
         runs/<name>/             each run's metrics.json, model, plot, run-config.toml
+        ledger-heads.json        each bank's last reported ledger head (rollback detection)
     DIR/logs/<process>.log, DIR/logs/proxy-access.log, DIR/pids.json   written by ``up``
 
 A bank's folder (made on the bank's host by ``consortium bank-init``; the one-machine
@@ -206,6 +207,7 @@ class Layout:
     flwr_home = _under("coordinator", "flwr-home")
     database = _under("coordinator", "state.db")
     runs = _under("coordinator", "runs")
+    ledger_heads = _under("coordinator", "ledger-heads.json")
     banks_dir = _under("banks")
     logs = _under("logs")
     pids = _under("pids.json")

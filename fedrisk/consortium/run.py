@@ -149,7 +149,8 @@ def _run_config(layout: Layout, run_config: dict, name: str | None,
                     dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"))
     output = Path(str(given or name))
     output = output if output.is_absolute() else layout.runs / output
-    config = {**run_config, "output-dir": str(output), "min-banks": banks}
+    config = {"ledger-heads-file": str(layout.ledger_heads), **run_config,
+              "output-dir": str(output), "min-banks": banks}
     from fedrisk.config import RunConfig  # imports torch: only when a run is submitted
 
     RunConfig.from_run_config(config)  # a bad value is a one-line ConfigError, here

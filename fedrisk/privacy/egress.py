@@ -31,7 +31,8 @@ FIT_METRICS = frozenset({
     "noise_multiplier", "sample_rate", "steps", "ledger_head", "n_grades", "prior_default_rate",
 })
 EVALUATE_METRICS = frozenset({"bank_id", "n_test", "auc", "brier", "ks", "personalized_auc",
-                              "personalized_brier", "epsilon", "epsilon_lifetime"})
+                              "personalized_brier", "epsilon", "epsilon_lifetime",
+                              "ledger_id", "ledger_entries", "ledger_head"})
 HISTOGRAM_KEY = re.compile(r"hist_(pos|neg)_(\d{3})")
 GRADE_METRICS = frozenset({"grade_spearman", "grade_accuracy", "grade_within_one"})
 GRADE_LEVEL_KEY = re.compile(r"grade_acc_(\d{2})")
@@ -57,6 +58,8 @@ class EgressPolicy:
     histogram_bins: int
     max_banks: int = 1000
     ledger_head: str | None = None
+    ledger_entries: int | None = None
+    ledger_id: str | None = None
     n_grades: int = 0
     prior_default_rate: float = 0.5
 
@@ -244,6 +247,9 @@ def _check_metric(key: str, value: object, allowed: frozenset[str], policy: Egre
     if key in ("n_grades", "prior_default_rate"):
         agreed = getattr(policy, key)
         return [] if value == agreed else [f"{name}: {key} is not the contract's"]
+    if key in ("ledger_entries", "ledger_id"):
+        agreed = getattr(policy, key)
+        return [] if value == agreed else [f"{name}: {key} is not the bank's ledger's"]
     if key == "ledger_head":
         return [] if value == policy.ledger_head else [f"{name}: ledger_head is not the "
                                                        "bank's ledger head"]

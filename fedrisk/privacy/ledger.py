@@ -205,6 +205,17 @@ class EgressLedger:
         """Number of entries, genesis included: report it with ``head_hash``."""
         return len(self.entries())
 
+    @property
+    def ledger_id(self) -> str:
+        """A public name of this ledger (bank and table) for the coordinator's record.
+
+        Derived one-way from the dataset fingerprint, so the coordinator can tell a
+        deleted ledger (same table, fresh genesis) from a new table without learning
+        anything about the rows.
+        """
+        digest = hashlib.sha256(f"fedrisk-ledger-id:{self.dataset_fingerprint}".encode())
+        return digest.hexdigest()[:16]
+
     def check_known_head(self, entries: int, head: str) -> None:
         """Refuse a ledger that lacks the head someone outside the bank last saw.
 
@@ -467,3 +478,24 @@ def _json_value(key: str, value: Any) -> Any:
     if isinstance(value, bool | int | str):
         return value
     raise LedgerError(f"metric {key!r} has unsupported type {type(value).__name__}")
+
+
+KNOWN_HEAD_PREFIX = "known-ledger-head:"
+
+
+def known_head_key(bank_id: str, ledger_id: str) -> str:
+    """Config key under which the coordinator sends a bank the head it last reported."""
+    return f"{KNOWN_HEAD_PREFIX}{bank_id}:{ledger_id}"
+
+
+def known_head_value(entries: int, head: str) -> str:
+    """``"<entries>:<head>"``: what :meth:`EgressLedger.check_known_head` checks."""
+    return f"{int(entries)}:{head}"
+
+
+def parse_known_head(value: object) -> tuple[int, str]:
+    """Inverse of :func:`known_head_value`; raises :class:`LedgerError` on anything else."""
+    entries, _, head = str(value).partition(":")
+    if not entries.isdigit() or not head:
+        raise LedgerError(f"known ledger head must be '<entries>:<sha256>', got {value!r}")
+    return int(entries), head

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from flwr.app import Error  # noqa: E402
 from flwr.common import parameters_to_ndarrays  # noqa: E402
 from flwr.common.logger import log  # noqa: E402
 
@@ -30,7 +31,7 @@ FIT_KEYS = ("n_train", "epsilon", "epsilon_lifetime", "delta", "noise_multiplier
             "sample_rate", "steps", "train_loss", "ledger_head")
 EVAL_KEYS = ("n_test", "auc", "brier", "ks", "personalized_auc", "personalized_brier",
              "epsilon", "epsilon_lifetime", "grade_spearman", "grade_accuracy",
-             "grade_within_one")
+             "grade_within_one", "ledger_id", "ledger_entries", "ledger_head")
 
 
 class RunRecorder:
@@ -179,6 +180,9 @@ def _parameter_names(spec: ModelSpec) -> list[str]:
 
 
 def _failure_reason(failure: object) -> str:
+    if isinstance(failure, BaseException) and failure.args and isinstance(failure.args[0],
+                                                                          Error):
+        return failure.args[0].reason  # a bank's error reply: its (fixed) text
     if isinstance(failure, BaseException):
         return str(failure).strip().splitlines()[-1][:300] if str(failure).strip() else repr(
             failure)

@@ -16,6 +16,7 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid, ServerApp
 
 from fedrisk.config import RunConfig
+from fedrisk.server.ledger_heads import known_heads_config, read_known_heads, record_heads
 from fedrisk.server.run_record import RunRecorder
 from fedrisk.server.strategy import UpdateAggregation, make_strategy
 
@@ -62,18 +63,23 @@ def main(grid: Grid, context: Context) -> None:
     """Run the configured rounds of federated training and write the run's outputs."""
     config = RunConfig.from_run_config(dict(context.run_config))
     recorder = RunRecorder(config, context.run_id, secure_aggregation_facts(config))
-    initial = initial_parameters(grid, config)
-    strategy = UpdateAggregation(make_strategy(config), recorder.on_fit, recorder.on_evaluate,
-                                 initial)
+    # Each bank gets back the ledger head it last reported with every message: a bank
+    # whose ledger was rolled back (or deleted with its anchor) refuses.
+    known = known_heads_config(read_known_heads(config.ledger_heads_file))
+    initial = initial_parameters(grid, config, known)
+    strategy = UpdateAggregation(make_strategy(config, known), recorder.on_fit,
+                                 recorder.on_evaluate, initial)
     legacy = LegacyContext(context=context, strategy=strategy,
                            config=ServerConfig(num_rounds=config.num_server_rounds))
     DefaultWorkflow(fit_workflow=fit_workflow(config))(grid, legacy)
     final = compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD],
                                              keep_input=True)
     recorder.write(final, Path(config.output_dir))
+    record_heads(config.ledger_heads_file, recorder.banks, str(context.run_id))
 
 
-def initial_parameters(grid: Grid, config: RunConfig) -> Parameters:
+def initial_parameters(grid: Grid, config: RunConfig, known_heads: dict[str, str]
+                       ) -> Parameters:
     """Propose the run to every bank; the first bank that accepts sends the seeded initial model.
 
     This is each bank's first message of the run: a bank checks the proposal against its
@@ -82,7 +88,7 @@ def initial_parameters(grid: Grid, config: RunConfig) -> Parameters:
     ``output-dir/refusals.json``), instead of training nothing for every round.
     """
     nodes = _wait_for_banks(grid, config.min_banks)
-    content = compat.getparametersins_to_recorddict(GetParametersIns({}))
+    content = compat.getparametersins_to_recorddict(GetParametersIns(dict(known_heads)))
     replies = grid.send_and_receive([
         Message(content=content.copy(), dst_node_id=node, message_type=(
             MessageTypeLegacy.GET_PARAMETERS), group_id="0") for node in nodes])

@@ -98,21 +98,24 @@ def _with_parameters(res: FitRes, arrays: list) -> FitRes:
                   num_examples=res.num_examples, metrics=res.metrics)
 
 
-def make_strategy(config: RunConfig) -> Callable[[Parameters], Strategy]:
+def make_strategy(config: RunConfig, every_message: dict[str, Scalar] | None = None
+                  ) -> Callable[[Parameters], Strategy]:
     """Factory of the configured Flower strategy, given the initial global weights.
 
     FedProx aggregates like FedAvg; its proximal term acts in each bank's local
     training. FedAdam treats the mean update as a pseudo-gradient with
-    ``server-learning-rate``.
+    ``server-learning-rate``. ``every_message`` is added to every round's fit and
+    evaluate config (each bank's last reported ledger head: a rolled-back bank refuses).
     """
+    extra = dict(every_message or {})
     common = {
         "fraction_fit": config.fraction_train,
         "fraction_evaluate": 1.0,
         "min_fit_clients": config.min_banks,
         "min_evaluate_clients": config.min_banks,
         "min_available_clients": config.min_banks,
-        "on_fit_config_fn": _round_config,
-        "on_evaluate_config_fn": lambda server_round: _round_config(server_round) | {
+        "on_fit_config_fn": lambda server_round: _round_config(server_round) | extra,
+        "on_evaluate_config_fn": lambda server_round: _round_config(server_round) | extra | {
             "personalize": server_round == config.num_server_rounds
             and config.personalization != "none"},
         "accept_failures": True,

@@ -77,6 +77,8 @@ def simulate(request: SimulationRequest) -> dict:
                  "min-banks": len(banks)}
     if not config.bank_state_dir:
         overrides["bank-state-dir"] = str(output_dir / "banks")
+    if not config.ledger_heads_file:
+        overrides["ledger-heads-file"] = str(output_dir / "ledger-heads.json")
     config = RunConfig.from_run_config({**config.to_run_config(), **overrides})
     _check_secure_aggregation(config, banks)
     log.info("simulating %d banks: %s", len(banks), ", ".join(banks))
