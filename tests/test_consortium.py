@@ -22,6 +22,7 @@ from fedrisk.consortium import (
     pki,
     start_bank,
 )
+from fedrisk.consortium.bundle import app_bundle_hash
 from fedrisk.consortium.processes import read_records
 from fedrisk.data import check_table_file, read_table
 from fedrisk.privacy.ledger import verify_path
@@ -135,6 +136,8 @@ def test_full_dp_training_over_tls_with_node_authentication(consortium, trained)
     assert (output / "metrics.json").exists() and (output / "model.safetensors").exists()
     superlink_log = (Layout.at(consortium).log("superlink")).read_text()
     assert "Uvicorn running on https://" in superlink_log  # TLS, not --insecure
+    for bank in BANKS:  # the bundle `flwr run` sent is the one `init` approved, by hash
+        assert f"runs approved app bundle {app_bundle_hash()}" in bank_log(consortium, bank)
     for bank in BANKS:  # each bank's ledger is on its own disk, signed, with its ε
         results = verify_path(Layout.at(consortium).bank_dir(bank) / "state")
         assert len(results) == 1 and results[0].ok

@@ -8,6 +8,7 @@ whole consortium as real processes on one machine (:func:`consortium_up`,
 :func:`consortium_run`, :func:`consortium_down`).
 """
 
+from fedrisk.consortium.approve import approve_app
 from fedrisk.consortium.deploy import (
     CLIENTAPP_MODES,
     consortium_down,
@@ -30,6 +31,7 @@ __all__ = [
     "Provisioned",
     "RunFailedError",
     "add_bank",
+    "approve_app",
     "consortium_down",
     "consortium_run",
     "consortium_up",

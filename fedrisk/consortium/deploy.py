@@ -10,12 +10,13 @@ every bank is connected, or stops everything it started and raises
 :class:`ConsortiumError` with one line saying why (a port in use, a missing key,
 a bank refused, ...).
 
-ClientApp execution (``clientapp``):
+Every SuperNode runs ``--isolation process`` beside the bank's own executor
+(:mod:`fedrisk.client.executor`), which runs each message only if the bank's policy
+approves the run's app bundle. ClientApp execution (``clientapp``):
 
-- ``"warm"`` (default): the SuperNode runs ``--isolation process`` and
-  :mod:`fedrisk.consortium.warm` executes its messages, forking each one from a
-  process that has already imported torch and fedrisk;
-- ``"subprocess"``: Flower's default, a fresh ``flwr-clientapp`` per message.
+- ``"fork"`` (default): each message is forked from a process that has already
+  imported torch and fedrisk;
+- ``"spawn"``: each message runs in a fresh interpreter (Flower's default isolation).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fedrisk.client.executor import MODES as CLIENTAPP_MODES
+from fedrisk.client.executor import READY_LINE
 from fedrisk.consortium.commands import (
     Command,
+    executor_command,
     register_command,
     superlink_command,
     supernode_command,
-    warm_executor_command,
     write_cli_connection,
 )
 from fedrisk.consortium.errors import ConsortiumError
@@ -49,10 +52,8 @@ from fedrisk.consortium.processes import (
     stop,
     write_records,
 )
-from fedrisk.consortium.warm import READY_LINE
 from fedrisk.data import check_table_file
 
-CLIENTAPP_MODES = ("warm", "subprocess")
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_STOP_TIMEOUT = 15.0
 DEFAULT_TASK_POLL_INTERVAL = 0.2
@@ -70,14 +71,14 @@ _LOG_REASONS = (
 )
 
 
-def consortium_up(directory: Path, clientapp: str = "warm",
+def consortium_up(directory: Path, clientapp: str = "fork",
                   timeout: float = DEFAULT_START_TIMEOUT, niceness: int = 0,
                   task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL) -> list[ProcessRecord]:
     """Start the SuperLink and one SuperNode per bank on this machine; return their records.
 
     Args:
         directory: a consortium made by :func:`~fedrisk.consortium.init_consortium`.
-        clientapp: ``"warm"`` or ``"subprocess"`` (see the module docstring).
+        clientapp: ``"fork"`` or ``"spawn"`` (see the module docstring).
         timeout: seconds to wait for the SuperLink and every bank to be ready.
         niceness: ``nice`` increment of every process (0: none).
         task_poll_interval: seconds between a SuperExec's polls for new tasks
@@ -93,7 +94,7 @@ def consortium_up(directory: Path, clientapp: str = "warm",
     banks = [read_bank(layout.bank_dir(bank)) for bank in settings.banks]
     _check_mode(clientapp)
     _refuse_if_running(layout)
-    _check_files(layout, banks, clientapp)
+    _check_files(layout, banks)
     _check_ports(settings, banks)
     for bank in banks:
         _preflight(layout, bank)
@@ -129,7 +130,7 @@ def consortium_down(directory: Path, timeout: float = DEFAULT_STOP_TIMEOUT) -> l
     return [record.name for record in records]
 
 
-def start_bank(directory: Path, bank: str, clientapp: str = "warm",
+def start_bank(directory: Path, bank: str, clientapp: str = "fork",
                timeout: float = DEFAULT_START_TIMEOUT, niceness: int = 0,
                task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL) -> list[ProcessRecord]:
     """Start one bank's SuperNode against the running SuperLink and wait until it is connected.
@@ -140,7 +141,7 @@ def start_bank(directory: Path, bank: str, clientapp: str = "warm",
     layout = Layout.at(directory)
     paths = read_bank(layout.bank_dir(bank))
     _check_mode(clientapp)
-    _check_bank_files(paths, clientapp)
+    _check_bank_files(paths)
     _preflight(layout, paths)
     if port_in_use("127.0.0.1", paths.node.runtime_port):
         raise ConsortiumError(f"port {paths.node.runtime_port} (Runtime API of bank '{bank}') "
@@ -256,7 +257,7 @@ def _refuse_if_running(layout: Layout) -> None:
     write_records(layout.pids, [])
 
 
-def _check_files(layout: Layout, banks: list[BankPaths], clientapp: str) -> None:
+def _check_files(layout: Layout, banks: list[BankPaths]) -> None:
     required = {"CA certificate": layout.ca_cert, "SuperLink TLS certificate":
                 layout.server_cert, "SuperLink TLS key": layout.server_key}
     for label, path in required.items():
@@ -264,16 +265,15 @@ def _check_files(layout: Layout, banks: list[BankPaths], clientapp: str) -> None
     for bank in banks:
         _require_file(f"public key of bank '{bank.node.bank_id}'",
                       layout.node_public_key(bank.node.bank_id))
-        _check_bank_files(bank, clientapp)
+        _check_bank_files(bank)
 
 
-def _check_bank_files(bank: BankPaths, clientapp: str) -> None:
+def _check_bank_files(bank: BankPaths) -> None:
     name = bank.node.bank_id
     required = {"CA certificate": bank.ca_cert, "SuperNode key": bank.auth_key,
                 "ledger-signing key": bank.signing_key, "data file": bank.data,
-                "contract": bank.contract}
-    if clientapp == "warm":
-        required["SuperExec secret"] = bank.path(bank.node.superexec_secret)
+                "contract": bank.contract,
+                "SuperExec secret": bank.path(bank.node.superexec_secret)}
     for label, path in required.items():
         _require_file(f"{label} of bank '{name}'", path)
 
@@ -331,14 +331,12 @@ def _start_superlink(layout: Layout, settings: Settings, env: dict[str, str], ni
 
 def _launch_bank(layout: Layout, bank: BankPaths, clientapp: str, env: dict[str, str],
                  niceness: int) -> list[ProcessRecord]:
-    isolation = "process" if clientapp == "warm" else "subprocess"
-    command = supernode_command(bank, isolation)
+    command = supernode_command(bank)
     command = dataclasses.replace(command, env={**command.env, **env})
     records = [start(command, layout.log(bank.node.bank_id), niceness)]
-    if clientapp == "warm":
-        warm = warm_executor_command(bank, records[0].pid)
-        warm = dataclasses.replace(warm, env={**warm.env, **env})
-        records.append(start(warm, layout.log(warm.name), niceness))
+    executor = executor_command(bank, clientapp, records[0].pid)
+    executor = dataclasses.replace(executor, env={**executor.env, **env})
+    records.append(start(executor, layout.log(executor.name), niceness))
     return records
 
 

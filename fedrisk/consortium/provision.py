@@ -20,9 +20,13 @@ from pathlib import Path
 import pandas as pd
 
 from fedrisk.consortium import pki
+from fedrisk.consortium.approve import write_bank_policy
+from fedrisk.consortium.bundle import app_bundle_hash
 from fedrisk.consortium.commands import (
+    LAST_BACKGROUND_PID,
     PORTABLE_ROOT,
     data_check_command,
+    executor_command,
     register_command,
     superlink_command,
     supernode_command,
@@ -145,7 +149,8 @@ def party_commands(layout: Layout) -> dict[str, list[str]]:
     ``init`` ran); each bank's lines start with ``cd`` into its folder and use
     ``$PWD``, so they work wherever the folder is copied on the bank's host. A bank
     starts its SuperNode only if its table passes the contract check (it refuses
-    to join otherwise, before connecting).
+    to join otherwise, before connecting), in the background, and its executor (which
+    runs only approved app bundles) in the foreground.
     """
     settings = read_settings(layout)
     private = "umask 077  # the database, logs and ledgers: readable by this user only"
@@ -156,8 +161,11 @@ def party_commands(layout: Layout) -> dict[str, list[str]]:
         paths = read_bank(layout.bank_dir(bank))
         check = data_check_command(paths, root=PORTABLE_ROOT)
         supernode = supernode_command(paths, root=PORTABLE_ROOT)
+        executor = executor_command(paths, supernode_pid=LAST_BACKGROUND_PID,
+                                    root=PORTABLE_ROOT)
         commands[bank] = [f"cd {paths.root}  # on the bank's host: its copy of this folder",
-                          private, f"{check.shell()} && {supernode.shell()}"]
+                          private,
+                          f"{check.shell()} && {supernode.shell()} & {executor.shell()}"]
     return commands
 
 
@@ -268,6 +276,7 @@ def _provision_bank(layout: Layout, settings: Settings, bank: str, index: int,
     else:
         shutil.copyfile(contract, root / "contract.toml")
     data_name = _write_data(root, table)
+    write_bank_policy(root, app_bundle_hash())
     write_bank(root, NodeConfig(
         bank_id=bank, data_path=data_name, contract_path="contract.toml", state_dir="state",
         signing_key="keys/signing_key.pem", auth_private_key="keys/node.key",
