@@ -5,16 +5,17 @@ config (DP-SGD at ε = 3, SecAgg+), 2 rounds. Measured, one after the other:
 
 - simulation: `fedrisk simulate --data POOLED --contract C --split-by bank` on the very
   same three tables (the whole command: interpreter, Ray start-up, training);
-- deployment, warm ClientApps (`consortium up` default: SuperNodes with
-  `--isolation process` and fedrisk's forking executor);
-- deployment, Flower's default `--isolation subprocess` (a fresh `flwr-clientapp` per
-  message).
+- deployment, `--clientapp fork` (`consortium up` default: SuperNodes with
+  `--isolation process` and the bank's executor forking each message from a process
+  with torch loaded);
+- deployment, `--clientapp spawn` (the bank's executor runs each message in a fresh
+  interpreter, as Flower's default `flwr-clientapp` does).
 
 For each deployment: `up` (SuperLink, key registration, SuperNodes connected), `run`
 (`flwr run` submission to metrics.json) and `down`, over TLS with SuperNode
 authentication on loopback. Writes benchmarks/results/deployment.json.
 
-    python benchmarks/deployment.py [--rounds 2] [--repeat 1] [--modes warm subprocess]
+    python benchmarks/deployment.py [--rounds 2] [--repeat 1] [--modes fork spawn]
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--modes", nargs="+", default=["warm", "subprocess"])
+    parser.add_argument("--modes", nargs="+", default=["fork", "spawn"])
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -273,8 +273,8 @@ def consortium_register(
 def consortium_up_command(
     directory: Path,
     clientapp: Annotated[str, typer.Option(
-        help="warm: fork each message from a process with torch loaded; subprocess: Flower's "
-             "default, a fresh flwr-clientapp per message.")] = "warm",
+        help="How each bank's executor runs a message (only approved app bundles): fork: "
+             "forked from a process with torch loaded; spawn: a fresh interpreter.")] = "fork",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every party.")] = 120.0,
     coordinator_only: Annotated[bool, typer.Option(
         help="Start the SuperLink and the proxy only (the banks run on their own hosts).")]
@@ -317,6 +317,23 @@ def consortium_run_command(
                              echo=lambda line: console.print(line, markup=False,
                                                              highlight=False))
     _print_summary(metrics, Path(metrics["config"]["output-dir"]))
+
+
+@consortium_app.command("approve")
+def consortium_approve_command(
+    bank_dir: Annotated[Path, typer.Argument(help="The bank's folder (its bank-policy.toml).")],
+    app_dir: Annotated[Path | None, typer.Option(
+        help="A Flower app the bank reviewed: its bundle is built here and hashed.")] = None,
+    fab_hash: Annotated[str | None, typer.Option(
+        help="Or the SHA-256 of the app bundle, built and hashed by the bank.")] = None,
+) -> None:
+    """Approve an app bundle at a bank: its executor will run that app's ClientApp."""
+    from fedrisk.consortium import approve_app
+    from fedrisk.consortium.approve import bank_policy_path
+
+    digest = approve_app(bank_dir, app_dir, fab_hash)
+    console.print(f"approved app bundle {digest} in {bank_policy_path(bank_dir)}",
+                  highlight=False)
 
 
 @consortium_app.command("down")

@@ -31,6 +31,7 @@ from fedrisk.consortium import (
     proxy,
     start_bank,
 )
+from fedrisk.consortium.bundle import app_bundle_hash
 from fedrisk.consortium.layout import read_bank, read_settings
 from fedrisk.consortium.processes import read_records
 from fedrisk.data import check_table_file, read_table
@@ -133,6 +134,8 @@ def test_full_dp_training_through_the_proxy_with_node_authentication(consortium,
     for call in ("activate-node", "pull-messages", "push-messages", "pull-object",
                  "push-object", "get-fab"):
         assert re.search(rf'"POST /v1/fleet/{call} HTTP/1.1" 200 \d+ upstream=200', access), call
+    for bank in BANKS:  # the bundle `flwr run` sent is the one `init` approved, by hash
+        assert f"runs approved app bundle {app_bundle_hash()}" in bank_log(consortium, bank)
     for bank in BANKS:  # each bank's ledger: on its own disk, signed by its registered key
         results = verify_path(layout.bank_dir(bank) / "state")
         assert len(results) == 1 and results[0].ok

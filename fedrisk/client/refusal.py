@@ -40,5 +40,10 @@ def refusal_reply(msg: Message, run_id: int | str, ledger: EgressLedger | None, 
         })
     log.warning("bank %s refuses a %s message of run %s: %s (%s)", bank_id,
                 msg.metadata.message_type, run_id, refusal.key, refusal.detail)
+    return refusal_message(msg, bank_id, refusal)
+
+
+def refusal_message(msg: Message, bank_id: str, refusal: PolicyRefusal) -> Message:
+    """The error reply of a refusal: ``bank <id>: refused: <key>`` and nothing else."""
     return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION, f"bank {bank_id}: {refusal}"),
                    reply_to=msg)

@@ -11,6 +11,7 @@ whole consortium also runs as real processes on one machine
 :func:`consortium_down`).
 """
 
+from fedrisk.consortium.approve import approve_app
 from fedrisk.consortium.bank_side import bank_init, join_command
 from fedrisk.consortium.deploy import (
     CLIENTAPP_MODES,
@@ -47,6 +48,7 @@ __all__ = [
     "Step",
     "add_bank",
     "bank_init",
+    "approve_app",
     "consortium_down",
     "consortium_run",
     "consortium_up",

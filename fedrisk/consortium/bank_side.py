@@ -30,7 +30,13 @@ from cryptography import x509
 
 from fedrisk.consortium import pki
 from fedrisk.consortium.bundle import app_bundle_hash
-from fedrisk.consortium.commands import PORTABLE_ROOT, data_check_command, supernode_command
+from fedrisk.consortium.commands import (
+    LAST_BACKGROUND_PID,
+    PORTABLE_ROOT,
+    data_check_command,
+    executor_command,
+    supernode_command,
+)
 from fedrisk.consortium.enrollment import make_bundle
 from fedrisk.consortium.errors import ConsortiumError
 from fedrisk.consortium.layout import (
@@ -109,13 +115,16 @@ def bank_init(bank_dir: Path, bank_id: str, data: Path, contract: Path, fleet_ad
 
 
 def join_command(bank: BankPaths) -> str:
-    """The bank's shell line to join: check its table, then start its SuperNode.
+    """The bank's shell line to join: check its table, start its SuperNode and its executor.
 
-    Run from inside the bank's folder (paths inside it are spelled ``$PWD/...``).
+    Run from inside the bank's folder (paths inside it are spelled ``$PWD/...``). The
+    SuperNode runs no app code itself (``--isolation process``); the bank's executor, in
+    the foreground, runs only the app bundles the bank's policy approves.
     """
     check = data_check_command(bank, root=PORTABLE_ROOT)
     supernode = supernode_command(bank, root=PORTABLE_ROOT)
-    return f"{check.shell()} && {supernode.shell()}"
+    executor = executor_command(bank, supernode_pid=LAST_BACKGROUND_PID, root=PORTABLE_ROOT)
+    return f"{check.shell()} && {{ {supernode.shell()} & {executor.shell()}; }}"
 
 
 @contextmanager

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import tomli_w
 
+from fedrisk.client.executor import EXECUTOR_MODULE
 from fedrisk.consortium.errors import ConsortiumError
 from fedrisk.consortium.layout import BankPaths, Layout, NodeConfig, Settings
 
 PORTABLE_ROOT = "$PWD"
-ISOLATION_MODES = ("subprocess", "process")
+LAST_BACKGROUND_PID = "$!"  # the shell's pid of the command just started with `&`
 QUIET_FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 
@@ -77,26 +78,24 @@ def register_command(layout: Layout, settings: Settings, bank: str) -> Command:
                         str(layout.node_public_key(bank)), settings.connection, "--name", bank)
 
 
-def supernode_command(bank: BankPaths, isolation: str = "subprocess",
-                      root: str | None = None) -> Command:
+def supernode_command(bank: BankPaths, root: str | None = None) -> Command:
     """``flower-supernode`` of one bank: the CA, its own key and its own data.
 
+    It runs ``--isolation process``: it executes no app code itself; the bank's own
+    executor (:func:`executor_command`) runs each task behind the bank's app gate.
     ``root`` is how the bank's folder is spelled: its absolute path (default) or
     ``$PWD`` for a command run from inside the folder.
     """
-    if isolation not in ISOLATION_MODES:
-        raise ConsortiumError(f"isolation must be one of {', '.join(ISOLATION_MODES)}")
     root = root or str(bank.root)
     node = bank.node
     argv = ["flower-supernode",
             "--superlink", node.superlink,
             "--root-certificates", f"{root}/{node.root_certificates}",
             "--auth-supernode-private-key", f"{root}/{node.auth_private_key}",
-            "--port", str(node.runtime_port)]
-    if isolation != "subprocess":
-        argv += ["--isolation", isolation,
-                 "--superexec-auth-secret-file", f"{root}/{node.superexec_secret}"]
-    argv += ["--node-config", node_config_text(node, root)]
+            "--port", str(node.runtime_port),
+            "--isolation", "process",
+            "--superexec-auth-secret-file", f"{root}/{node.superexec_secret}",
+            "--node-config", node_config_text(node, root)]
     return Command(node.bank_id, argv, {"FLWR_HOME": f"{root}/flwr-home"},
                    None if root == PORTABLE_ROOT else bank.root)
 
@@ -110,14 +109,19 @@ def data_check_command(bank: BankPaths, root: str | None = None) -> Command:
     return Command(f"{node.bank_id}-check", argv)
 
 
-def warm_executor_command(bank: BankPaths, supernode_pid: int | None = None,
-                          root: str | None = None) -> Command:
-    """The warm ClientApp executor of a bank whose SuperNode runs ``--isolation process``."""
+def executor_command(bank: BankPaths, mode: str = "fork",
+                     supernode_pid: int | str | None = None, root: str | None = None) -> Command:
+    """The bank's executor (:mod:`fedrisk.client.executor`): it runs the SuperNode's tasks.
+
+    ``mode``: ``fork`` (each task forked from a process with torch loaded) or ``spawn``
+    (each task in a fresh interpreter). ``supernode_pid`` (or ``$!`` in a shell line):
+    the executor exits when that process does.
+    """
     root = root or str(bank.root)
     node = bank.node
-    argv = [sys.executable if root != PORTABLE_ROOT else "python", "-m",
-            "fedrisk.consortium.warm", "--runtime-api-address",
-            f"127.0.0.1:{node.runtime_port}",
+    argv = [sys.executable if root != PORTABLE_ROOT else "python", "-m", EXECUTOR_MODULE,
+            "serve", "--mode", mode,
+            "--runtime-api-address", f"127.0.0.1:{node.runtime_port}",
             "--superexec-auth-secret-file", f"{root}/{node.superexec_secret}"]
     if supernode_pid is not None:
         argv += ["--parent-pid", str(supernode_pid)]
@@ -165,6 +169,8 @@ def write_cli_connection(layout: Layout, settings: Settings) -> Path:
 
 
 def _quote(arg: str) -> str:
+    if arg == LAST_BACKGROUND_PID:
+        return arg
     if PORTABLE_ROOT in arg:
         return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
     return shlex.quote(arg)

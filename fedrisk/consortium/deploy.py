@@ -13,12 +13,13 @@ command). It returns once every party is ready, or stops everything it started a
 raises :class:`ConsortiumError` with one line saying why (nginx missing, a port in
 use, a missing key, a bank refused, ...).
 
-ClientApp execution (``clientapp``):
+Every SuperNode runs ``--isolation process`` beside the bank's own executor
+(:mod:`fedrisk.client.executor`), which runs each message only if the bank's policy
+approves the run's app bundle. ClientApp execution (``clientapp``):
 
-- ``"warm"`` (default): the SuperNode runs ``--isolation process`` and
-  :mod:`fedrisk.consortium.warm` executes its messages, forking each one from a
-  process that has already imported torch and fedrisk;
-- ``"subprocess"``: Flower's default, a fresh ``flwr-clientapp`` per message.
+- ``"fork"`` (default): each message is forked from a process that has already
+  imported torch and fedrisk;
+- ``"spawn"``: each message runs in a fresh interpreter (Flower's default isolation).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fedrisk.client.executor import MODES as CLIENTAPP_MODES
+from fedrisk.client.executor import READY_LINE
 from fedrisk.consortium.commands import (
     Command,
+    executor_command,
     register_command,
     superlink_command,
     supernode_command,
-    warm_executor_command,
     write_cli_connection,
 )
 from fedrisk.consortium.errors import ConsortiumError
@@ -59,10 +62,8 @@ from fedrisk.consortium.proxy import (
     validate_proxy_config,
     write_proxy_config,
 )
-from fedrisk.consortium.warm import READY_LINE
 from fedrisk.data import check_table_file
 
-CLIENTAPP_MODES = ("warm", "subprocess")
 DEFAULT_START_TIMEOUT = 120.0
 DEFAULT_STOP_TIMEOUT = 15.0
 DEFAULT_TASK_POLL_INTERVAL = 0.2
@@ -80,7 +81,7 @@ _LOG_REASONS = (
 )
 
 
-def consortium_up(directory: Path, clientapp: str = "warm",
+def consortium_up(directory: Path, clientapp: str = "fork",
                   timeout: float = DEFAULT_START_TIMEOUT, niceness: int = 0,
                   task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL,
                   coordinator_only: bool = False) -> list[ProcessRecord]:
@@ -88,7 +89,7 @@ def consortium_up(directory: Path, clientapp: str = "warm",
 
     Args:
         directory: a consortium made by :func:`~fedrisk.consortium.init_consortium`.
-        clientapp: ``"warm"`` or ``"subprocess"`` (see the module docstring).
+        clientapp: ``"fork"`` or ``"spawn"`` (see the module docstring).
         timeout: seconds to wait for the SuperLink and every bank to be ready.
         niceness: ``nice`` increment of every process (0: none).
         task_poll_interval: seconds between a SuperExec's polls for new tasks
@@ -106,7 +107,7 @@ def consortium_up(directory: Path, clientapp: str = "warm",
     _check_mode(clientapp)
     nginx = find_nginx()
     _refuse_if_running(layout)
-    _check_files(layout, settings, banks, clientapp)
+    _check_files(layout, settings, banks)
     _check_ports(settings, banks)
     for bank in banks:
         _preflight(layout, bank)
@@ -146,7 +147,7 @@ def consortium_down(directory: Path, timeout: float = DEFAULT_STOP_TIMEOUT) -> l
     return [record.name for record in records]
 
 
-def start_bank(directory: Path, bank: str, clientapp: str = "warm",
+def start_bank(directory: Path, bank: str, clientapp: str = "fork",
                timeout: float = DEFAULT_START_TIMEOUT, niceness: int = 0,
                task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL) -> list[ProcessRecord]:
     """Start one bank's SuperNode against the running SuperLink and wait until it is connected.
@@ -157,7 +158,7 @@ def start_bank(directory: Path, bank: str, clientapp: str = "warm",
     layout = Layout.at(directory)
     paths = read_bank(layout.bank_dir(bank))
     _check_mode(clientapp)
-    _check_bank_files(paths, clientapp)
+    _check_bank_files(paths)
     _preflight(layout, paths)
     if port_in_use("127.0.0.1", paths.node.runtime_port):
         raise ConsortiumError(f"port {paths.node.runtime_port} (Runtime API of bank '{bank}') "
@@ -273,8 +274,7 @@ def _refuse_if_running(layout: Layout) -> None:
     write_records(layout.pids, [])
 
 
-def _check_files(layout: Layout, settings: Settings, banks: list[BankPaths],
-                 clientapp: str) -> None:
+def _check_files(layout: Layout, settings: Settings, banks: list[BankPaths]) -> None:
     required = {"CA certificate": layout.ca_cert, "SuperLink TLS certificate":
                 layout.server_cert, "SuperLink TLS key": layout.server_key}
     for label, path in required.items():
@@ -282,16 +282,15 @@ def _check_files(layout: Layout, settings: Settings, banks: list[BankPaths],
     for bank in settings.banks:
         _require_file(f"public key of bank '{bank}'", layout.node_public_key(bank))
     for bank in banks:
-        _check_bank_files(bank, clientapp)
+        _check_bank_files(bank)
 
 
-def _check_bank_files(bank: BankPaths, clientapp: str) -> None:
+def _check_bank_files(bank: BankPaths) -> None:
     name = bank.node.bank_id
     required = {"CA certificate": bank.ca_cert, "SuperNode key": bank.auth_key,
                 "ledger-signing key": bank.signing_key, "data file": bank.data,
-                "contract": bank.contract, "privacy policy": bank.policy}
-    if clientapp == "warm":
-        required["SuperExec secret"] = bank.superexec_secret
+                "contract": bank.contract, "privacy policy": bank.policy,
+                "SuperExec secret": bank.superexec_secret}
     for label, path in required.items():
         _require_file(f"{label} of bank '{name}'", path)
 
@@ -364,14 +363,12 @@ def _start_proxy(layout: Layout, settings: Settings, nginx: str, niceness: int,
 
 def _launch_bank(layout: Layout, bank: BankPaths, clientapp: str, env: dict[str, str],
                  niceness: int) -> list[ProcessRecord]:
-    isolation = "process" if clientapp == "warm" else "subprocess"
-    command = supernode_command(bank, isolation)
+    command = supernode_command(bank)
     command = dataclasses.replace(command, env={**command.env, **env})
     records = [start(command, layout.log(bank.node.bank_id), niceness)]
-    if clientapp == "warm":
-        warm = warm_executor_command(bank, records[0].pid)
-        warm = dataclasses.replace(warm, env={**warm.env, **env})
-        records.append(start(warm, layout.log(warm.name), niceness))
+    executor = executor_command(bank, clientapp, records[0].pid)
+    executor = dataclasses.replace(executor, env={**executor.env, **env})
+    records.append(start(executor, layout.log(executor.name), niceness))
     return records
 
 
