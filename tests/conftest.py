@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +36,7 @@ def dp_run(tmp_path_factory) -> tuple[Path, dict]:
 def consortium(tmp_path_factory) -> Path:
     """One consortium on loopback (SuperLink behind the nginx proxy, three banks), started
     once for the deployment tests and the outsider tests, stopped by pid at the end."""
-    from deployment import BANKS, START_TIMEOUT, free_base_port, processes_mentioning
+    from deployment import BANKS, START_TIMEOUT, free_base_port, processes_left
 
     from fedrisk.consortium import consortium_down, consortium_up, init_consortium
 
@@ -48,5 +47,4 @@ def consortium(tmp_path_factory) -> Path:
         yield root
     finally:
         consortium_down(root)
-        time.sleep(0.5)
-        assert processes_mentioning(str(root)) == []
+        assert processes_left(str(root)) == []

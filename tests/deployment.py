@@ -3,6 +3,7 @@
 import os
 import random
 import socket
+import time
 from pathlib import Path
 
 from fedrisk.consortium import Layout, demo_bank_side
@@ -44,6 +45,15 @@ def processes_mentioning(text: str) -> list[str]:
             shown = command.replace(bytes(1), b" ").decode(errors="replace")[:200]
             found.append(f"{cmdline.parent.name}: {shown}")
     return found
+
+
+def processes_left(text: str, within: float = 20.0) -> list[str]:
+    """Processes still mentioning `text` after up to `within` seconds (the SuperLink's own
+    SuperExec exits by itself once the SuperLink is gone; under load that takes seconds)."""
+    deadline = time.monotonic() + within
+    while (left := processes_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
 
 
 def bank_log(root: Path, bank: str) -> str:

@@ -19,8 +19,8 @@ from fedrisk.consortium import ConsortiumError, approve_app, init_consortium
 from fedrisk.consortium.bundle import app_bundle, app_bundle_hash, default_app_dir
 from fedrisk.consortium.layout import read_bank
 from fedrisk.data import embedded_banks, load_embedded
-from fedrisk.privacy.ledger import read_ledger
 from fedrisk.privacy.policy import BankPolicy, PolicyError
+from fedrisk.privacy.verify import read_ledger
 
 APPROVED = "a" * 64
 OTHER = "b" * 64
@@ -127,7 +127,7 @@ def test_init_writes_each_bank_a_policy_approving_the_shipped_app(tmp_path):
         assert policy.dp_required and policy.secure_aggregation_required
         node = read_bank(folder).node
         assert node.bank_id == bank
-        line = provisioned.commands[bank][-1]
+        line = [s for s in provisioned.walkthrough if s.party == bank][-1].lines[-1]
         assert "policy-path='$PWD/bank-policy.toml'" in line
         assert "--isolation process" in line and "fedrisk.client.executor serve" in line
         assert "--parent-pid $!" in line

@@ -15,7 +15,7 @@ from deployment import (
     START_TIMEOUT,
     bank_log,
     free_base_port,
-    processes_mentioning,
+    processes_left,
     unregistered_bank,
 )
 
@@ -167,7 +167,7 @@ def test_a_bank_with_the_wrong_ca_fails_with_one_line_not_a_hang(consortium):
     message = str(failed.value)
     assert "CERTIFICATE_VERIFY_FAILED" in message and "\n" not in message
     assert "CERTIFICATE_VERIFY_FAILED" in bank_log(consortium, "wrong-ca")
-    assert processes_mentioning(str(folder)) == []
+    assert processes_left(str(folder)) == []
 
 
 def bad_table(consortium: Path, folder: Path) -> tuple[Path, Path, str]:
@@ -194,7 +194,7 @@ def test_a_bank_whose_data_fails_the_contract_refuses_to_join_and_sends_nothing(
     assert message.startswith("bank 'bad-data' refuses to join: ") and expected in message
     assert "\n" not in message
     assert expected in bank_log(consortium, "bad-data")
-    assert processes_mentioning(str(folder)) == []
+    assert processes_left(str(folder)) == []
     assert list((folder / "state").rglob("*.jsonl")) == []  # no ledger, so no egress entry
 
 
@@ -217,7 +217,7 @@ def second(tmp_path):
         yield root, base
     finally:
         consortium_down(root)
-        assert processes_mentioning(str(root)) == []
+        assert processes_left(str(root)) == []
 
 
 def test_up_on_a_port_in_use_fails_and_leaves_nothing_running(second):
@@ -230,7 +230,7 @@ def test_up_on_a_port_in_use_fails_and_leaves_nothing_running(second):
             with pytest.raises(ConsortiumError, match=re.escape(f"port {port} ({label})")):
                 consortium_up(root, timeout=START_TIMEOUT)
         assert read_records(Layout.at(root).pids) == []
-        assert processes_mentioning(str(root)) == []
+        assert processes_left(str(root)) == []
 
 
 def test_up_without_nginx_is_a_one_line_error_naming_the_package(second, monkeypatch, tmp_path):
@@ -250,7 +250,7 @@ def test_up_with_a_bank_whose_data_fails_refuses_and_starts_nothing(second, tmp_
         consortium_up(root, timeout=START_TIMEOUT)
     assert "funded_amnt" in bank_log(root, "west")
     assert read_records(Layout.at(root).pids) == []
-    assert processes_mentioning(str(root)) == []
+    assert processes_left(str(root)) == []
 
 
 def test_up_with_a_missing_key_fails_and_leaves_nothing_running(second):
@@ -260,7 +260,7 @@ def test_up_with_a_missing_key_fails_and_leaves_nothing_running(second):
     with pytest.raises(ConsortiumError, match=f"missing SuperNode key of bank 'west': {key}"):
         consortium_up(root, timeout=START_TIMEOUT)
     assert read_records(Layout.at(root).pids) == []
-    assert processes_mentioning(str(root)) == []
+    assert processes_left(str(root)) == []
 
 
 def test_up_stops_what_it_started_when_a_bank_cannot_connect(second):
@@ -270,7 +270,7 @@ def test_up_stops_what_it_started_when_a_bank_cannot_connect(second):
     with pytest.raises(ConsortiumError, match="bank 'west' exited: TLS verification"):
         consortium_up(root, timeout=START_TIMEOUT)
     assert read_records(Layout.at(root).pids) == []
-    assert processes_mentioning(str(root)) == []
+    assert processes_left(str(root)) == []
 
 
 def test_run_without_a_superlink_is_a_one_line_error(second):

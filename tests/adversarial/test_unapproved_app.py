@@ -11,18 +11,17 @@ consortium (3 banks, TLS, node authentication) per mode.
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from test_consortium import bank_log, free_base_port, processes_mentioning
+from deployment import bank_log, free_base_port, processes_left
 
 from fedrisk.consortium import Layout, consortium_down, consortium_up, init_consortium
 from fedrisk.consortium.bundle import app_bundle_hash
 from fedrisk.consortium.commands import flwr_command
 from fedrisk.consortium.layout import read_settings
-from fedrisk.privacy.ledger import read_ledger
+from fedrisk.privacy.verify import read_ledger
 
 BANKS = ["northeast", "midwest", "south_atlantic"]
 MODES = ["fork", "spawn"]
@@ -195,15 +194,6 @@ def consortium(request, tmp_path_factory):
     finally:
         consortium_down(root)
         assert processes_left(str(root)) == []
-
-
-def processes_left(text: str, within: float = 20.0) -> list[str]:
-    """Processes still mentioning `text` after up to `within` seconds (the SuperLink's own
-    SuperExec exits by itself once the SuperLink is gone; under load that takes seconds)."""
-    deadline = time.monotonic() + within
-    while (left := processes_mentioning(text)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return left
 
 
 @pytest.fixture(scope="module")
