@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+from flwr.app import Context
 from flwr.client import Client
-from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from fedrisk.client.bank import bank_for_context
 from fedrisk.client.bank_client import BankClient
 from fedrisk.client.guard import egress_guard_mod
+from fedrisk.client.secagg import secure_aggregation_mod
 from fedrisk.config import RunConfig
 
 
@@ -21,17 +19,4 @@ def client_fn(context: Context) -> Client:
     return BankClient(bank_for_context(context), config, context.run_id).to_client()
 
 
-def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Run Flower's SecAgg+ client protocol when the server drives it, else pass through.
-
-    ``secaggplus_mod`` fails on plain fit messages, so it is engaged only for
-    messages that carry SecAgg+ stage configs; with secure aggregation off the bank
-    behaves exactly as without the mod.
-    """
-    if RECORD_KEY_CONFIGS in msg.content.config_records:
-        return secaggplus_mod(msg, context, call_next)
-    return call_next(msg, context)
-
-
-# The guard is outermost: it sees exactly what would leave, after SecAgg+ masking.
 app = ClientApp(client_fn=client_fn, mods=[egress_guard_mod, secure_aggregation_mod])
