@@ -149,12 +149,12 @@ def _egress_record(msg: Message, reply: Message, kind: str, bank: Bank, context:
 
 
 def _blobs(record: ConfigRecord) -> dict[str, np.ndarray]:
-    """Each bytes value of a SecAgg+ record as uint8, each list of node ids as int64."""
+    """Each bytes value of a SecAgg+ record as uint8, each list of node ids as uint64."""
     blobs = {}
     for key, value in record.items():
         items = value if isinstance(value, list) else [value]
         if all(isinstance(item, bytes) for item in items):
             blobs |= {f"{key}[{i}]": np.frombuffer(item, np.uint8) for i, item in enumerate(items)}
         else:
-            blobs[key] = np.asarray(items, dtype=np.int64)
+            blobs[key] = np.asarray(items, dtype=np.uint64)
     return blobs

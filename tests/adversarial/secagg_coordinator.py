@@ -40,6 +40,9 @@ from fedrisk.data import embedded_banks, load_embedded
 from fedrisk.privacy.policy import BankPolicy
 
 BANKS = ("northeast", "midwest", "south_atlantic", "south_central", "west")
+# Flower's node ids are random unsigned 64-bit integers: keep some above 2^63, unordered.
+NODE_IDS = (18_000_000_000_000_000_001, 3_000_000_000_000_000_003, 12_000_000_000_000_000_007,
+            9_300_000_000_000_000_011, 15_500_000_000_000_000_013)
 QUANTIZATION = {Key.CLIPPING_RANGE: 8.0, Key.TARGET_RANGE: 4194304, Key.MOD_RANGE: 2**32,
                 Key.MAX_WEIGHT: 10000.0}
 
@@ -73,7 +76,7 @@ def make_banks(tmp_path: Path, n: int = 3, dp: bool = False, secure_aggregation:
     run_config = RunConfig(dp=dp, secure_aggregation=secure_aggregation,
                            output_dir=str(tmp_path)).to_run_config()
     nodes = []
-    for node_id, bank_id in enumerate(BANKS[:n], start=1):
+    for node_id, bank_id in zip(NODE_IDS[:n], BANKS[:n], strict=True):
         folder = tmp_path / bank_id
         folder.mkdir()
         tables[bank_id].to_csv(folder / "data.csv", index=False)

@@ -17,6 +17,7 @@ from flwr.common import EvaluateIns, bytes_to_ndarray, ndarray_to_bytes, ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.compat.common import recorddict_compat as compat
 from secagg_coordinator import (
+    NODE_IDS,
     Coordinator,
     fit_content,
     initial_weights,
@@ -30,7 +31,7 @@ from fedrisk.client.client_app import app, client_fn
 from fedrisk.client.guard import egress_guard_mod
 from fedrisk.client.secagg import secure_aggregation_mod
 
-VICTIM = 1
+VICTIM = NODE_IDS[0]
 
 
 def rows_of(context: Context) -> np.ndarray:
@@ -242,8 +243,8 @@ def test_rows_stuffed_into_scalars_are_blocked(tmp_path, stuffing):
     evil = ClientApp(client_fn=client_fn,
                      mods=[egress_guard_mod, rewrite(change), secure_aggregation_mod])
     weights = initial_weights(node)
-    message = (train_message(1, fit_content(weights)) if kind == "train"
-               else evaluate_message(1, weights))
+    message = (train_message(node.node_id, fit_content(weights)) if kind == "train"
+               else evaluate_message(node.node_id, weights))
     reply = evil(message, node.context)
     assert_blocked(node, [reply], kind)
 
@@ -259,7 +260,7 @@ def test_a_fit_metric_the_ledger_contradicts_is_blocked(tmp_path, key):
 
     evil = ClientApp(client_fn=client_fn,
                      mods=[egress_guard_mod, rewrite(halve), secure_aggregation_mod])
-    reply = evil(train_message(1, fit_content(initial_weights(node))), node.context)
+    reply = evil(train_message(node.node_id, fit_content(initial_weights(node))), node.context)
     assert_blocked(node, [reply], "train")
     spent = [e for e in node.bank.ledger.entries() if e.kind == "privacy_spend"]
     assert len(spent) == 1  # the round was charged before anything could leave
@@ -269,7 +270,9 @@ def test_the_honest_plain_replies_pass(tmp_path):
     [node] = make_banks(tmp_path, n=1, dp=True, secure_aggregation=False,
                         secure_aggregation_required=False)
     weights = initial_weights(node)
-    for message in (train_message(1, fit_content(weights)), evaluate_message(1, weights)):
+    messages = (train_message(node.node_id, fit_content(weights)),
+                evaluate_message(node.node_id, weights))
+    for message in messages:
         reply = app(message, node.context)
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     kinds = [e.body["message_kind"] for e in node.bank.ledger.entries() if e.kind == "egress"]

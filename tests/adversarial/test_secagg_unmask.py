@@ -11,6 +11,7 @@ import pytest
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from secagg_coordinator import (
+    NODE_IDS,
     Coordinator,
     fit_content,
     initial_weights,
@@ -21,7 +22,7 @@ from secagg_coordinator import (
 
 from fedrisk.client.client_app import app, client_fn
 
-VICTIM = 1
+VICTIM = NODE_IDS[0]
 flower_only = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
 
 
@@ -91,12 +92,22 @@ def test_the_bank_refuses_and_its_update_stays_masked(tmp_path, attack):
     recovered = coordinator.unmask_one(VICTIM)
     if recovered is not None:
         error = max_error(recovered, true_update(banks[0], weights))
-        pytest.fail(f"the coordinator unmasked bank {VICTIM}'s update (max error {error:.2e})")
+        pytest.fail(f"the coordinator unmasked {banks[0].bank_id}'s update (max error {error:.2e})")
     victim = banks[0]
     assert {r["policy_key"] for r in refusals(victim)} == {"secagg-protocol"}
     refused = [r for r in coordinator.replies if r.has_error()]
     assert f"bank {victim.bank_id}: refused: secagg-protocol" in [r.error.reason for r in refused]
     assert all(r.error.reason.endswith("refused: secagg-protocol") for r in refused)
+
+
+def test_a_refusal_ends_the_session_so_no_second_list_is_answered(tmp_path):
+    banks = make_banks(tmp_path, n=3)
+    weights = initial_weights(banks[0])
+    coordinator = Coordinator(app, banks)
+    active_and_dead(coordinator, weights)
+    replies = coordinator.unmask()  # now the honest lists, to the same banks
+    assert all(r.has_error() for r in replies.values())
+    assert not coordinator.seed_shares and not coordinator.key_shares
 
 
 def test_an_honest_round_aggregates_and_unmasks_nobody(tmp_path):
@@ -129,11 +140,11 @@ def test_a_cohort_below_the_policy_minimum_is_refused(tmp_path, stage):
     else:
         coordinator.setup()
     if stage == "share_keys":
-        replies = coordinator.share_keys({nid: [1, 2] if nid < 3 else [2, 3]
-                                          for nid in coordinator.ids})
+        ids = coordinator.ids
+        replies = coordinator.share_keys({ids[0]: ids[:2], ids[1]: ids[:2], ids[2]: ids[1:]})
     elif stage == "unmask":
         coordinator.share_keys()
-        coordinator.collect(initial_weights(banks[0]), skip=(3,))
+        coordinator.collect(initial_weights(banks[0]), skip=(coordinator.ids[2],))
         replies = coordinator.unmask()
     assert refused_with(replies.values(), "min-cohort")
     for node in banks:
@@ -165,7 +176,7 @@ def test_nonsensical_protocol_parameters_are_refused(tmp_path, change):
 def test_a_plain_train_request_is_refused_when_the_policy_requires_secagg(tmp_path):
     banks = make_banks(tmp_path, n=3)
     coordinator = Coordinator(app, banks)
-    reply = coordinator.send(1, fit_content(initial_weights(banks[0])))
+    reply = coordinator.send(VICTIM, fit_content(initial_weights(banks[0])))
     assert reply.has_error()
     assert reply.error.reason == f"bank {banks[0].bank_id}: refused: secure-aggregation-required"
     kinds = [e.kind for e in banks[0].bank.ledger.entries()]
