@@ -143,7 +143,7 @@ def _inspect_evaluate(content: RecordDict, policy: EgressPolicy) -> list[str]:
                               {"loss": _number(low=0.0)}.get, "evaluateres.loss",
                               required={"loss"})
     problems += _check_record(content.metric_records.get("evaluateres.num_examples"),
-                              {"num_examples": _equal(policy.n_test)}.get,
+                              {"num_examples": _evaluation_rule("n_test", policy)}.get,
                               "evaluateres.num_examples", required={"num_examples"})
     problems += _check_record(content.config_records.get("evaluateres.metrics"),
                               lambda key: _evaluation_rule(key, policy), "evaluateres.metrics")
