@@ -1,35 +1,48 @@
-"""The egress guard: a client mod that lets only the agreed model update leave a bank.
+"""The egress guard: a client mod that lets only the agreed protocol leave a bank.
 
-It wraps everything else the bank runs (including SecAgg+ masking), inspects each
-reply against :mod:`fedrisk.privacy.egress`, and either records the message in
-the bank's signed ledger and lets it go, or blocks it: the bank then sends a
-fixed error reply (no attacker-chosen text), logs why, and the round goes on
-without it.
+It wraps everything else the bank runs (its SecAgg+ checks, Flower's SecAgg+ masking and
+the bank client) and inspects each reply against :mod:`fedrisk.privacy.egress`, with what
+the bank knows about itself: its model, its held-out size, its ledger (the DP spend of the
+run) and its SecAgg+ state. Then it either records the message in the bank's signed ledger
+(every array and SecAgg+ blob with its size and SHA-256) and sends it, stamped as a reply to
+the request, or blocks it: the bank sends a fixed error reply (no attacker-chosen text),
+logs why, records a ``blocked`` entry, and the round goes on without it. A
+:class:`PolicyRefusal` raised inside becomes the bank's refusal (``refused: <key>``).
 """
 
 from __future__ import annotations
 
 import logging
 
-from flwr.app import Context, Error, Message
+import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message
+from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+    Key,
+)
 
 from fedrisk.client.bank import Bank, bank_for_context
 from fedrisk.client.bank_client import model_spec_for
+from fedrisk.client.refusal import message_round, refusal_reply
+from fedrisk.client.secagg import protocol_state
 from fedrisk.config import RunConfig
 from fedrisk.models import build_model
 from fedrisk.models.metrics import HISTOGRAM_BINS
 from fedrisk.privacy.accounting import PrivacyBudgetExceeded
-from fedrisk.privacy.egress import EgressPolicy, inspect_reply
+from fedrisk.privacy.egress import EgressPolicy, inspect_metadata, inspect_reply
 from fedrisk.privacy.ledger import egress_body
+from fedrisk.privacy.policy import PolicyRefusal
+from fedrisk.privacy.secagg_replies import SecAggExchange
 
 log = logging.getLogger("fedrisk.guard")
 
 
 def egress_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Inspect the bank's reply; record and pass it, or block it with a fixed error."""
+    """Inspect the bank's reply; record and send it, or block it with a fixed error."""
     try:
         config = RunConfig.from_run_config(dict(context.run_config))
         bank = bank_for_context(context)
@@ -37,43 +50,68 @@ def egress_guard_mod(msg: Message, context: Context, call_next: ClientAppCallabl
         log.error("bank refuses to take part: %s", error)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                              "bank failed (see the bank's log)"), reply_to=msg)
-    stage = _secagg_stage(msg)
+    request = _secagg_request(msg)
     try:
         reply = call_next(msg, context)
+    except PolicyRefusal as refusal:
+        return refusal_reply(msg, context.run_id, bank.ledger, bank.bank_id, refusal)
     except Exception as error:  # noqa: BLE001 - every failure becomes a sanitized reply
         return _failure_reply(msg, bank, context, error)
     if reply.has_error():
         return _failure_reply(msg, bank, context, RuntimeError(reply.error.reason))
-    policy = _policy(bank, config)
-    violations = inspect_reply(reply.content, msg.metadata.message_type, stage, policy)
+    stage = None if request is None else str(request.get(Key.STAGE))
     kind = msg.metadata.message_type + (f"/{stage}" if stage else "")
+    violations = _inspect(msg, reply, bank, config, context, request)
     if violations:
         log.error("egress guard blocked %s reply of bank %s: %s", kind, bank.bank_id,
                   "; ".join(violations))
-        bank.ledger.append("blocked", {"run_id": str(context.run_id), "round": _round(msg),
+        bank.ledger.append("blocked", {"run_id": str(context.run_id), "round": message_round(msg),
                                        "message_kind": kind, "violations": violations[:20]})
         return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION,
                              f"egress guard of bank {bank.bank_id} blocked its {kind} reply"),
                        reply_to=msg)
-    bank.ledger.append("egress", _egress_record(msg, reply, kind, bank, context, stage))
-    return reply
+    outgoing = Message(reply.content, reply_to=msg)
+    bank.ledger.append("egress", _egress_record(msg, outgoing, kind, bank, context, stage))
+    return outgoing
 
 
-def _policy(bank: Bank, config: RunConfig) -> EgressPolicy:
+def _inspect(msg: Message, reply: Message, bank: Bank, config: RunConfig, context: Context,
+             request: dict | None) -> list[str]:
+    """Every violation in ``reply``; a reply that cannot even be inspected is one."""
+    try:
+        exchange = None if request is None else SecAggExchange(
+            str(request.get(Key.STAGE)), request, protocol_state(context))
+        if exchange is not None and RECORD_KEY_STATE not in context.state.config_records:
+            return ["no SecAgg+ state to check the reply against"]
+        return (inspect_metadata(msg, reply)
+                + inspect_reply(reply.content, msg.metadata.message_type,
+                                _policy(bank, config, context), exchange))
+    except Exception as error:  # noqa: BLE001 - what cannot be checked may not leave
+        return [f"reply could not be inspected ({type(error).__name__})"]
+
+
+def _policy(bank: Bank, config: RunConfig, context: Context) -> EgressPolicy:
     spec = model_spec_for(bank, config)
     shapes = tuple(tuple(t.shape) for t in build_model(spec).state_dict().values())
-    return EgressPolicy(bank.bank_id, shapes, HISTOGRAM_BINS, ledger_head=bank.ledger.head_hash,
-                        ledger_entries=bank.ledger.entry_count, ledger_id=bank.ledger.ledger_id,
-                        n_grades=spec.n_grades, prior_default_rate=spec.prior_default_rate)
+    entries = bank.ledger.entries()
+    spends = [e.body for e in entries
+              if e.kind == "privacy_spend" and e.body.get("run_id") == str(context.run_id)]
+    return EgressPolicy(bank.bank_id, shapes, HISTOGRAM_BINS, ledger_head=entries[-1].entry_hash,
+                        ledger_entries=len(entries), ledger_id=bank.ledger.ledger_id,
+                        n_grades=spec.n_grades, prior_default_rate=spec.prior_default_rate,
+                        n_test=len(bank.test_labels), dp=config.dp,
+                        spend=spends[-1] if spends else None)
 
 
-def _secagg_stage(msg: Message) -> str | None:
-    configs = msg.content.config_records.get(RECORD_KEY_CONFIGS) if msg.has_content() else None
-    return None if configs is None else str(configs.get(Key.STAGE))
-
-
-def _round(msg: Message) -> int:
-    return int(msg.metadata.group_id) if msg.metadata.group_id.isdigit() else 0
+def _secagg_request(msg: Message) -> dict | None:
+    """A copy of a train request's SecAgg+ record, taken before Flower's mod consumes it."""
+    if msg.metadata.message_type != MessageType.TRAIN or not msg.has_content():
+        return None
+    configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    if configs is None:
+        return None
+    return {key: list(value) if isinstance(value, list) else value
+            for key, value in configs.items()}
 
 
 def _failure_reply(msg: Message, bank: Bank, context: Context, error: BaseException) -> Message:
@@ -82,7 +120,7 @@ def _failure_reply(msg: Message, bank: Bank, context: Context, error: BaseExcept
     reason = "privacy budget exhausted" if refused else "bank failed (see the bank's log)"
     log.error("bank %s: %s reply replaced by an error: %s", bank.bank_id,
               msg.metadata.message_type, error)
-    bank.ledger.append("note", {"run_id": str(context.run_id), "round": _round(msg),
+    bank.ledger.append("note", {"run_id": str(context.run_id), "round": message_round(msg),
                                 "event": "error reply", "reason": reason})
     return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                          f"bank {bank.bank_id}: {reason}"), reply_to=msg)
@@ -90,20 +128,34 @@ def _failure_reply(msg: Message, bank: Bank, context: Context, error: BaseExcept
 
 def _egress_record(msg: Message, reply: Message, kind: str, bank: Bank, context: Context,
                    stage: str | None) -> dict:
-    """What the ledger keeps of a message that leaves: hashes and scalars, never values."""
-    from flwr.common import bytes_to_ndarray
+    """What the ledger keeps of a message that leaves: every array and blob, and the scalars.
 
+    SecAgg+ blobs (public keys, ciphertexts, masked arrays, shares) are described as the
+    exact bytes that leave, node ids as 8-byte integers; ``total_bytes`` counts them all.
+    """
     content = reply.content
     arrays = {f"{name}[{i}]": array.numpy() for name, record in content.array_records.items()
               for i, array in enumerate(record.values())}
     secagg = content.config_records.get(RECORD_KEY_CONFIGS)
-    if secagg is not None and Key.MASKED_PARAMETERS in secagg:
-        arrays |= {f"masked[{i}]": bytes_to_ndarray(b)
-                   for i, b in enumerate(secagg[Key.MASKED_PARAMETERS])}
-    metrics = {}
+    if secagg is not None:
+        arrays |= _blobs(secagg)
+    metrics = {key: value for record in content.metric_records.values()
+               for key, value in record.items()}
     for name in ("fitres.metrics", "evaluateres.metrics"):
         if name in content.config_records:
-            metrics = dict(content.config_records[name])
-    return egress_body(run_id=str(context.run_id), round=_round(msg), message_kind=kind,
+            metrics |= dict(content.config_records[name])
+    return egress_body(run_id=str(context.run_id), round=message_round(msg), message_kind=kind,
                        arrays=arrays, metrics=metrics, epsilon=bank.ledger.last_epsilon(),
                        secure_aggregation=stage is not None)
+
+
+def _blobs(record: ConfigRecord) -> dict[str, np.ndarray]:
+    """Each bytes value of a SecAgg+ record as uint8, each list of node ids as uint64."""
+    blobs = {}
+    for key, value in record.items():
+        items = value if isinstance(value, list) else [value]
+        if all(isinstance(item, bytes) for item in items):
+            blobs |= {f"{key}[{i}]": np.frombuffer(item, np.uint8) for i, item in enumerate(items)}
+        else:
+            blobs[key] = np.asarray(items, dtype=np.uint64)
+    return blobs

@@ -11,13 +11,14 @@ from flwr.common import GetParametersIns, Parameters
 from flwr.common.constant import MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import Grid, ServerApp
 
 from fedrisk.config import RunConfig
 from fedrisk.server.ledger_heads import known_heads_config, read_known_heads, record_heads
 from fedrisk.server.run_record import RunRecorder
+from fedrisk.server.secagg import DropoutSafeSecAggPlus, secagg_counts
 from fedrisk.server.strategy import UpdateAggregation, make_strategy
 
 app = ServerApp()
@@ -37,6 +38,8 @@ def secure_aggregation_facts(config: RunConfig) -> dict[str, object]:
             "protocol": "SecAgg+ (Flower)",
             "num_shares": config.secagg_num_shares,
             "reconstruction_threshold": config.secagg_reconstruction_threshold,
+            "shares_per_bank": secagg_counts(config)[0],
+            "threshold_shares": secagg_counts(config)[1],
             "max_weight": config.secagg_max_weight,
             "clipping_range": config.secagg_clipping_range,
             "quantization_range": config.secagg_quantization_range,
@@ -44,13 +47,13 @@ def secure_aggregation_facts(config: RunConfig) -> dict[str, object]:
     }
 
 
-def fit_workflow(config: RunConfig) -> SecAggPlusWorkflow | None:
+def fit_workflow(config: RunConfig) -> DropoutSafeSecAggPlus | None:
     """SecAgg+ when secure aggregation is on; ``None`` selects Flower's plain fit workflow."""
     if not config.secure_aggregation:
         return None
-    return SecAggPlusWorkflow(
-        num_shares=_count_or_fraction(config.secagg_num_shares),
-        reconstruction_threshold=_count_or_fraction(config.secagg_reconstruction_threshold),
+    num_shares, threshold = secagg_counts(config)
+    return DropoutSafeSecAggPlus(
+        num_shares=num_shares, reconstruction_threshold=threshold,
         max_weight=config.secagg_max_weight,
         clipping_range=config.secagg_clipping_range,
         quantization_range=config.secagg_quantization_range,
@@ -111,6 +114,3 @@ def _wait_for_banks(grid: Grid, minimum: int) -> list[int]:
     return nodes
 
 
-def _count_or_fraction(value: float) -> int | float:
-    """Flower reads an int as a count and a float ≤ 1 as a fraction of sampled banks."""
-    return value if value <= 1 else int(value)
