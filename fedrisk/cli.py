@@ -424,19 +424,25 @@ def _print_summary(metrics: dict, output_dir: Path) -> None:
     lifetime = dp and any(b.get("epsilon_lifetime") != b.get("epsilon") for b in metrics["banks"])
     columns = {"bank": "id", "train": "n_train", "test": "n_test", "local-only":
                "local_only_auc", "global": "auc", "personalized": "personalized_auc"}
+    caption = "AUC of each model on the bank's own held-out split"
     if dp:
-        columns |= {"ε": "epsilon", "σ": "noise_multiplier", "δ<1/n": "delta_below_1_over_n"}
+        columns |= {"ε": "epsilon", "ε eval": "epsilon_eval", "σ": "noise_multiplier",
+                    "δ<1/n": "delta_below_1_over_n"}
+        noise = [b["auc_noise_sd"] for b in metrics["banks"] if b.get("auc_noise_sd")]
+        if noise:
+            caption += (f", from noisy DP histograms (noise sd of a bank's AUC "
+                        f"{min(noise):.2f}-{max(noise):.2f})")
     if lifetime:
         columns["ε lifetime"] = "epsilon_lifetime"
-    table = Table(title=f"fedrisk: {metrics['privacy']}", box=box.SIMPLE_HEAD,
-                  caption="AUC of each model on the bank's own held-out split")
+    table = Table(title=f"fedrisk: {metrics['privacy']}", box=box.SIMPLE_HEAD, caption=caption)
     for header in columns:
         table.add_column(header, justify="left" if header == "bank" else "right")
     for bank in metrics["banks"]:
         table.add_row(*(_fmt(bank.get(key)) for key in columns.values()))
     console.print(table)
     final = metrics["final"]
-    line = f"consortium AUC {_fmt(final['auc'])}, Brier {_fmt(final['brier'])}"
+    noise = f" ± {final['auc_noise_sd']:.3f} (DP noise sd)" if final.get("auc_noise_sd") else ""
+    line = f"consortium AUC {_fmt(final['auc'])}{noise}, Brier {_fmt(final['brier'])}"
     if metrics["baselines"].get("centralized_auc") is not None:
         line += f"; centralized non-private AUC {_fmt(metrics['baselines']['centralized_auc'])}"
     console.print(line)

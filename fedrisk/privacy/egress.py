@@ -31,8 +31,11 @@ FIT_METRICS = frozenset({
     "noise_multiplier", "sample_rate", "steps", "ledger_head", "n_grades", "prior_default_rate",
 })
 EVALUATE_METRICS = frozenset({"bank_id", "n_test", "auc", "brier", "ks", "personalized_auc",
-                              "personalized_brier", "epsilon", "epsilon_lifetime"})
-HISTOGRAM_KEY = re.compile(r"hist_(pos|neg)_(\d{3})")
+                              "personalized_brier", "epsilon", "epsilon_lifetime",
+                              "epsilon_eval", "epsilon_eval_lifetime", "eval_noise_multiplier"})
+# Counts per bin: score histograms of the global and the personalized model, and the grade
+# head's error histogram. Under DP they are noisy integers and may be negative.
+HISTOGRAM_KEY = re.compile(r"(?:(?:personalized_)?hist_(?:pos|neg)|grade_error)_(\d{3})")
 GRADE_METRICS = frozenset({"grade_spearman", "grade_accuracy", "grade_within_one"})
 GRADE_LEVEL_KEY = re.compile(r"grade_acc_(\d{2})")
 STATUS_MESSAGES = frozenset({"", "Success"})
@@ -230,8 +233,8 @@ def _check_metric(key: str, value: object, allowed: frozenset[str], policy: Egre
                   name: str) -> list[str]:
     histogram = HISTOGRAM_KEY.fullmatch(key)
     if histogram and allowed is EVALUATE_METRICS:
-        in_range = int(histogram.group(2)) < policy.histogram_bins
-        is_count = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        in_range = int(histogram.group(1)) < policy.histogram_bins
+        is_count = isinstance(value, int) and not isinstance(value, bool)
         return [] if in_range and is_count else [f"{name}: histogram bin '{key}' is invalid"]
     if allowed is EVALUATE_METRICS and policy.n_grades:
         level = GRADE_LEVEL_KEY.fullmatch(key)

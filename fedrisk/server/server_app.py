@@ -52,7 +52,8 @@ def main(grid: Grid, context: Context) -> None:
     """Run the configured rounds of federated training and write the run's outputs."""
     config = RunConfig.from_run_config(dict(context.run_config))
     recorder = RunRecorder(config, context.run_id, secure_aggregation_facts(config))
-    strategy = UpdateAggregation(make_strategy(config), recorder.on_fit, recorder.on_evaluate)
+    strategy = UpdateAggregation(make_strategy(config), recorder.on_fit, recorder.on_evaluate,
+                                 evaluation_rounds=config.evaluation_rounds)
     legacy = LegacyContext(context=context, strategy=strategy,
                            config=ServerConfig(num_rounds=config.num_server_rounds))
     DefaultWorkflow(fit_workflow=fit_workflow(config))(grid, legacy)
