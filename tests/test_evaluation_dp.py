@@ -23,7 +23,7 @@ from fedrisk.client.bank import BankSource, bank_for_context, load_bank
 from fedrisk.client.bank_client import BankClient
 from fedrisk.client.evaluation import plan_evaluation
 from fedrisk.client.guard import egress_guard_mod
-from fedrisk.config import RunConfig
+from fedrisk.config import ConfigError, RunConfig
 from fedrisk.data import embedded_banks, load_embedded
 from fedrisk.models.histograms import (
     eval_grid,
@@ -202,3 +202,13 @@ def test_the_crafted_model_fires_on_its_target_only_and_dp_bounds_the_attack(ban
                                   grid, sigma, 1e-5, trials=300)
     assert private["passed"] is True
     assert private["epsilon_release"] < config.eval_epsilon
+
+
+def test_the_evaluation_schedule_and_grid_are_validated_run_config():
+    assert RunConfig(num_server_rounds=5).evaluation_rounds == (5,)
+    assert RunConfig(num_server_rounds=5, eval_every=2).evaluation_rounds == (2, 4, 5)
+    assert RunConfig(num_server_rounds=3, dp=False).evaluation_rounds == (1, 2, 3)
+    for key, value in (("eval-bins", 1), ("eval-bins", 257), ("eval-every", -1),
+                       ("eval-logit-low", 3.0)):
+        with pytest.raises(ConfigError, match=f"'{key}'"):
+            RunConfig.from_run_config({key: value})

@@ -141,8 +141,9 @@ class RunRecorder:
             "received_update_sha256": self._received.get(server_round, []),
         }
         if pooled["personalized_hist"].any():
-            record["personalized_auc"] = histogram_metrics(*pooled["personalized_hist"], grid)[
-                "auc"]
+            personal = histogram_metrics(*pooled["personalized_hist"], grid, noise_sd)
+            record |= {"personalized_auc": personal["auc"],
+                       "personalized_auc_noise_sd": personal["auc_noise_sd"]}
         self._round_start = now
         self.rounds.append(record)
         log(20, "round %d/%d  %s  %s  (%.1fs)", server_round, self.config.num_server_rounds,
@@ -203,7 +204,8 @@ class RunRecorder:
                       "epsilon_max": self.epsilon_max(),
                       "auc_noise_sd": last.get("auc_noise_sd"),
                       "epsilon_eval_max": self.epsilon_eval_max(),
-                      "personalized_auc": last.get("personalized_auc")},
+                      "personalized_auc": last.get("personalized_auc"),
+                      "personalized_auc_noise_sd": last.get("personalized_auc_noise_sd")},
             "baselines": {},
         }
 
