@@ -2,8 +2,10 @@
 
 For lending_club and credit_data: non-private FL and DP FL at ε ∈ {1, 3, 8} (per bank,
 whole run), centralized non-private and mean local-only DP (same ε, same splits),
-over 3 seeds (mean ± sd); plus the per-epoch time of DP-SGD relative to non-private
-training of the same model, and DP-SGD throughput. Every number is measured here,
+over 3 seeds (mean ± sd), all EXACT AUCs computed offline from each run's saved
+models on the banks' held-out splits (not the noisy DP evaluation of metrics.json);
+plus the per-epoch time of DP-SGD relative to non-private training of the same model,
+and DP-SGD throughput. Every number is measured here,
 in this run. Writes benchmarks/results/utility_privacy.{json,png}.
 
     python benchmarks/utility_privacy.py [--seeds 0 1 2] [--rounds 5]
@@ -31,21 +33,35 @@ from fedrisk.data import embedded_banks, load_embedded, stratified_split  # noqa
 from fedrisk.models import ModelSpec, build_model  # noqa: E402
 from fedrisk.privacy.accounting import plan_schedule  # noqa: E402
 from fedrisk.privacy.dpsgd import TrainingSettings, train_locally  # noqa: E402
+from fedrisk.simulations.exact import exact_evaluation  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 EPSILONS = (1.0, 3.0, 8.0)
-ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+       "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 
 
 def simulate(dataset: str, seed: int, rounds: int, epsilon: float | None) -> dict:
-    """One `fedrisk simulate --baselines` run; returns its metrics.json."""
+    """One `fedrisk simulate --baselines` run; its metrics.json with EXACT AUCs.
+
+    Under DP, metrics.json's AUCs are read off noisy histograms (the banks' DP
+    evaluation releases). A study on public data wants the exact ones: they are
+    recomputed offline from the saved global and personalized models on every bank's
+    held-out split (:func:`fedrisk.simulations.exact.exact_evaluation`), and replace
+    ``final.auc`` and each bank's ``auc`` and ``personalized_auc``.
+    """
     with tempfile.TemporaryDirectory() as output:
         args = ["simulate", "--dataset", dataset, "--seed", str(seed), "--rounds", str(rounds),
                 "--output-dir", output, "--baselines"]
         args += ["--no-dp"] if epsilon is None else ["--target-epsilon", str(epsilon)]
         subprocess.run([sys.executable, "-m", "fedrisk.cli", *args], check=True, env=ENV,
                        capture_output=True)
-        return json.loads((Path(output) / "metrics.json").read_text())
+        metrics = json.loads((Path(output) / "metrics.json").read_text())
+        exact = exact_evaluation(Path(output))
+    metrics["final"]["auc"] = exact["auc"]
+    for bank in metrics["banks"]:
+        bank |= {key: exact["banks"][bank["id"]][key] for key in ("auc", "personalized_auc")}
+    return metrics
 
 
 def dp_time_ratio(dataset: str, epochs: int = 5) -> dict:

@@ -556,24 +556,40 @@ def _print_summary(metrics: dict, output_dir: Path) -> None:
     lifetime = dp and any(b.get("epsilon_lifetime") != b.get("epsilon") for b in metrics["banks"])
     columns = {"bank": "id", "train": "n_train", "test": "n_test", "local-only":
                "local_only_auc", "global": "auc", "personalized": "personalized_auc"}
+    if not any(b.get("local_only_auc") is not None for b in metrics["banks"]):
+        del columns["local-only"]  # only with --baselines
+    caption = "AUC of each model on the bank's own held-out split"
     if dp:
-        columns |= {"ε": "epsilon", "σ": "noise_multiplier", "δ<1/n": "delta_below_1_over_n"}
+        columns |= {"ε": "epsilon", "ε eval": "epsilon_eval", "σ": "noise_multiplier",
+                    "δ<1/n": "delta_below_1_over_n"}
+        caption += (", read off noisy DP histograms (± noise sd; small counts pull toward 0.5)"
+                    if any(b.get("auc_noise_sd") for b in metrics["banks"]) else "")
     if lifetime:
         columns["ε lifetime"] = "epsilon_lifetime"
-    table = Table(title=f"fedrisk: {metrics['privacy']}", box=box.SIMPLE_HEAD,
-                  caption="AUC of each model on the bank's own held-out split")
+    table = Table(title=f"fedrisk: {metrics['privacy']}", box=box.SIMPLE_HEAD, caption=caption)
     for header in columns:
         table.add_column(header, justify="left" if header == "bank" else "right")
     for bank in metrics["banks"]:
-        table.add_row(*(_fmt(bank.get(key)) for key in columns.values()))
+        table.add_row(*(_cell(bank, key) for key in columns.values()))
     console.print(table)
     final = metrics["final"]
-    line = f"consortium AUC {_fmt(final['auc'])}, Brier {_fmt(final['brier'])}"
+    line = f"consortium AUC {_cell(final, 'auc')}"
+    if final.get("personalized_auc") is not None and final.get("auc_noise_sd"):
+        line += f" (personalized models {_cell(final, 'personalized_auc')})"
+    line += f", Brier {_fmt(final['brier'])}"
     if metrics["baselines"].get("centralized_auc") is not None:
         line += f"; centralized non-private AUC {_fmt(metrics['baselines']['centralized_auc'])}"
     console.print(line)
     console.print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'model.safetensors'}, "
                   f"{output_dir / 'training.png'}")
+
+
+def _cell(record: dict, key: str) -> str:
+    """A value, or under DP an AUC read off noisy histograms with its noise sd."""
+    value, noise = record.get(key), record.get(f"{key}_noise_sd")
+    if isinstance(value, float) and noise:
+        return f"{value:.2f}±{noise:.2f}"
+    return _fmt(value)
 
 
 def _fmt(value: object) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from fedrisk.models.histograms import HISTOGRAM_BINS as MAX_HISTOGRAM_BINS
 from fedrisk.models.networks import MODEL_KINDS
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
@@ -35,6 +36,16 @@ class RunConfig:
             budgets with the largest ε over this and its own policy's accountants).
         eval_epsilon: each bank's ε for all evaluation statistics of this run (the noisy
             score histograms of its held-out split), composed over the held-out population.
+            Noise is calibrated up front so that every planned release meets it.
+        eval_every: under DP, evaluate the global model every this many rounds (and always
+            after the last round); 0: after the last round only (without DP: every round).
+            Each evaluation is one more release under the same ``eval_epsilon``, so more
+            evaluations mean more noise in each.
+        eval_bins / eval_logit_low / eval_logit_high: the public grid of the DP score
+            histograms: ``eval_bins`` equal bins between logit(prior) + ``eval_logit_low``
+            and logit(prior) + ``eval_logit_high`` (the contract's public prior default
+            rate), the outer bins open-ended. No privacy meaning (one record moves one count
+            on any grid); fewer bins mean less noise in the AUC but coarser ties.
         personalization: ``"finetune"``: after the last round each bank fine-tunes the
             global model on its own rows for ``personalization_epochs`` (DP, charged to the
             same budget; the personalized model never leaves the bank) with the smaller
@@ -76,6 +87,10 @@ class RunConfig:
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
     eval_epsilon: float = 1.0
+    eval_every: int = 0
+    eval_bins: int = 10
+    eval_logit_low: float = -4.0
+    eval_logit_high: float = 2.0
     privacy_budget_scope: str = "run"
     personalization: str = "finetune"
     personalization_epochs: int = 1
@@ -99,6 +114,17 @@ class RunConfig:
         use ``learning-rate-no-dp`` so that they are not handicapped by DP's setting.
         """
         return self.learning_rate if private else self.learning_rate_no_dp
+
+    @property
+    def evaluation_rounds(self) -> tuple[int, ...]:
+        """Rounds after which the global model is evaluated on the banks' held-out splits.
+
+        Under DP: every ``eval_every`` rounds and the last; without DP (exact evaluation,
+        no ε to spend) every round.
+        """
+        last = self.num_server_rounds
+        step = self.eval_every if self.dp else 1
+        return (*(range(step, last, step) if step else ()), last)
 
     @property
     def hidden_layers(self) -> tuple[int, ...]:
@@ -148,6 +174,11 @@ class RunConfig:
                  "must be positive")
         _require(self.privacy_budget_scope in BUDGET_SCOPES, "privacy-budget-scope",
                  "must be run or dataset")
+        _require(self.eval_every >= 0, "eval-every", "must be 0 (last round only) or more")
+        _require(2 <= self.eval_bins <= MAX_HISTOGRAM_BINS, "eval-bins",
+                 f"must be between 2 and {MAX_HISTOGRAM_BINS}")
+        _require(self.eval_logit_low < self.eval_logit_high, "eval-logit-low",
+                 "must be below eval-logit-high")
         _require(self.secagg_num_shares > 0, "secagg-num-shares", "must be positive")
         _require(self.secagg_reconstruction_threshold > 0, "secagg-reconstruction-threshold",
                  "must be positive")

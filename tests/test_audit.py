@@ -28,6 +28,7 @@ from fedrisk.audit.canary import (
     check_training_path,
 )
 from fedrisk.audit.dp_spec import bank_dp_spec
+from fedrisk.audit.eval_attack import measure_eval_attack
 from fedrisk.audit.mia import clopper_pearson, epsilon_lower_bound
 from fedrisk.audit.render import render_html
 from fedrisk.audit.report import SECTIONS
@@ -35,13 +36,16 @@ from fedrisk.audit.run import bank_inputs, load_metrics, run_facts
 from fedrisk.audit.trainer import TrainPlan, bank_training_path
 from fedrisk.data import embedded_banks, load_embedded, stratified_split
 from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
+from fedrisk.models.histograms import FINE_GRID
 from fedrisk.models.metrics import HISTOGRAM_BINS
 from fedrisk.privacy.accounting import DPSchedule, compose_epsilon, steps_per_epoch
 from fedrisk.privacy.chain import TrustedKeys
 from fedrisk.privacy.keys import load_or_create_signing_key, public_key_pem
 from fedrisk.privacy.ledger import EgressLedger
+from fedrisk.privacy.release import Release, charge_release
 
 SIGMA, CLIP = 1.2, 1.0
+EVAL_SIGMA = 4.5  # one evaluation release at ε ≈ 0.9
 CONFIG = {
     "dataset": "credit_data", "test-fraction": 0.2, "seed": 0, "model": "mlp",
     "hidden-units": "16", "num-server-rounds": 2, "local-epochs": 1, "batch-size": 64,
@@ -64,6 +68,14 @@ def write_ledger(state_dir: Path, bank: str, fingerprint: str, run_id: str,
             "delta": CONFIG["target-delta"], "accountant": "rdp", "epsilon": epsilon,
             "epsilon_lifetime": epsilon})
     return ledger.head_hash, epsilon
+
+
+def release_evaluation(state_dir: Path, bank: str, fingerprint: str) -> str:
+    """Charge the final round's evaluation release like a bank does; return the ledger head."""
+    ledger = EgressLedger.for_bank(state_dir, bank, fingerprint)
+    charge_release(ledger, Release("42", CONFIG["num-server-rounds"], "evaluation", EVAL_SIGMA,
+                                   CONFIG["target-delta"], "rdp"), budget=1.0)
+    return ledger.head_hash
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +116,7 @@ def tiny_run(tmp_path_factory) -> Path:
         history = [(SIGMA, 1 / per_epoch, per_epoch)] * CONFIG["num-server-rounds"]
         head, epsilon = write_ledger(run / "banks" / bank, bank,
                                      contract.fingerprint(tables[bank]), "42", history)
+        head = release_evaluation(run / "banks" / bank, bank, contract.fingerprint(tables[bank]))
         banks.append({"id": bank, "n_train": len(rows), "n_test": len(test), "epsilon": epsilon,
                       "ledger_head": head, "noise_multiplier": SIGMA})
     # the plan's target: what σ buys over the planned steps, so the plan check is exact
@@ -270,6 +283,11 @@ def test_audit_json_has_the_documented_keys(audit):
         assert {"epsilon", "mia_auc", "epsilon_lower_bound", "audit_passed"} <= set(bank)
         assert 0 < bank["epsilon"] <= bank["epsilon_rdp"] + 1e-9  # PRV headline ≤ RDP
         assert bank["audit_passed"] is True and bank["ledger_ok"] is True
+        attack = bank["eval_attack"]
+        assert bank["epsilon_eval"] == attack["epsilon_eval"] and 0 < bank["epsilon_eval"] < 1
+        assert attack["passed"] is True and attack["trials"] == AuditSettings().eval_attack_trials
+        assert attack["epsilon_lower_bound"] <= attack["epsilon_release"]
+        assert 0 <= attack["fpr"] <= attack["tpr"] <= 1
     assert document["implementation_check"]["passed"] is True
     assert document["fairness"]["views"].keys() >= {"Age (band)", "Marital"}
 
@@ -342,3 +360,18 @@ def test_audit_report_pins_registered_keys_and_fails_a_ledger_signed_by_another(
     document = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert document["ledgers_ok"] is False
     assert [b["ledger_ok"] for b in document["banks"]] == [True, False]
+
+
+def test_a_dp_run_whose_evaluation_left_exact_fails_the_audit(tiny_part):
+    part, bank = tiny_part
+    part = json.loads(json.dumps(part))
+    train, test = stratified_split(bank.table, bank.contract, 0.2, 0)
+    part["eval_attack"] = measure_eval_attack(  # what the attack meets without noise
+        bank.contract.encode(test), bank.contract.labels(test), bank.contract.encode(train),
+        FINE_GRID, 0.0, CONFIG["target-delta"], trials=50)
+    assert part["eval_attack"]["tpr"] == 1.0 and part["eval_attack"]["fpr"] == 0.0
+    part["verdict"] = _verdict(part, dp=True)
+    assert part["verdict"]["evaluation"]["passed"] is False
+    document = merge_bank_parts([part], {"config": CONFIG})
+    assert document["audit_passed"] is False
+    assert 'class="banner bad"' in render_html(document)

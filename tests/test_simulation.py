@@ -7,18 +7,28 @@ from conftest import run_cli, simulate
 from fedrisk.data import embedded_banks, load_embedded
 from fedrisk.privacy.ledger import EgressLedger
 from fedrisk.privacy.verify import verify_path
+from fedrisk.simulations.exact import exact_evaluation
 
 
 def test_dp_simulation_reaches_auc_floor_within_every_budget(dp_run):
     output, metrics = dp_run
+    exact = exact_evaluation(output)  # offline, from the saved models and every bank's rows
     assert metrics["privacy"] == "DP-SGD (record-level)"
     assert metrics["config"]["secure_aggregation"] is True
-    assert metrics["final"]["auc"] >= 0.66
+    assert exact["auc"] >= 0.66
+    # The reported AUC is read off noisy histograms: within the noise band of the exact one
+    # (sd measured by the coordinator; benchmarks/evaluation_dp.py: bias ≈ -1 sd at ε_eval 1).
+    noise = metrics["final"]["auc_noise_sd"]
+    assert 0 < noise < 0.2 and abs(metrics["final"]["auc"] - exact["auc"]) <= 5 * noise
+    assert [r["evaluated"] for r in metrics["rounds"]] == [False, False, True]
     assert len(metrics["banks"]) == 5
     for bank in metrics["banks"]:
         assert 0 < bank["epsilon"] <= 3.0
+        assert 0 < bank["epsilon_eval"] <= metrics["config"]["eval-epsilon"]
+        assert bank["eval_noise_multiplier"] > 0
         assert bank["rounds_joined"] == 3
-        assert 0.5 < bank["personalized_auc"] <= 1.0
+        assert 0.5 < exact["banks"][bank["id"]]["personalized_auc"] <= 1.0
+        assert 0 <= bank["personalized_auc"] <= 1.0
         assert bank["delta_below_1_over_n"] is True
     eps = [r["epsilon_max"] for r in metrics["rounds"]]
     assert all(b > a for a, b in zip(eps, eps[1:], strict=False))
@@ -72,7 +82,8 @@ def test_a_bank_out_of_budget_drops_mid_round_and_the_run_goes_on(tmp_path):
         assert round_record["banks_trained"] == 4
         assert any("privacy budget exhausted" in f for f in round_record["failures"])
     assert "west" not in {b["id"] for b in metrics["banks"] if "epsilon" in b}
-    assert metrics["final"]["auc"] > 0.55  # the four other banks still train a useful model
+    # the four other banks still train a useful model (exact AUC, offline)
+    assert exact_evaluation(tmp_path / "run")["auc"] > 0.55
     refusals = [e.body["phase"] for e in ledger.entries() if e.kind == "refusal"]
     assert refusals == ["train", "train", "personalize"]
 

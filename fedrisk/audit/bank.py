@@ -18,13 +18,16 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from fedrisk.config import RunConfig
 from fedrisk.data import Contract, stratified_split
 from fedrisk.models import ModelSpec, load_model
+from fedrisk.models.histograms import FINE_GRID, eval_grid
 from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch
 from fedrisk.privacy.chain import TrustedKeys
 
 from .canary import check_accounting, check_training_path
 from .dp_spec import bank_dp_spec
+from .eval_attack import DEFAULT_TRIALS, measure_eval_attack
 from .explanations import bank_explanations
 from .fairness import bank_fairness, operating_threshold
 from .mia import ReferenceSetup, audit_model, model_logits, reference_masks, train_references
@@ -99,6 +102,8 @@ class AuditSettings:
             DP noise comes from the OS, as in the banks' training).
         threshold: PD cut-off for approvals (default: :func:`operating_threshold`).
         implementation_check: run the canary test of the DP path (DP runs only).
+        eval_attack_trials: releases per side of the crafted-model attack on the
+            evaluation (target held out, and not).
 
     """
 
@@ -106,6 +111,7 @@ class AuditSettings:
     seed: int = 0
     threshold: float | None = None
     implementation_check: bool = True
+    eval_attack_trials: int = DEFAULT_TRIALS
 
 
 def bank_audit(bank: BankData, model: nn.Module, run: RunFacts,
@@ -134,6 +140,7 @@ def bank_audit(bank: BankData, model: nn.Module, run: RunFacts,
         "ledger_fingerprint_matches": bool(dp_spec["ledger"].get("matches_data")),
         "dp_spec": dp_spec, "membership": privacy,
         "implementation_check": _implementation(dp_spec, run, len(train), settings, train_fn),
+        "eval_attack": _eval_attack(split, run, dp_spec, settings),
         "fairness": bank_fairness(contract, test, split.test_logits(model), split.y_test,
                                   threshold),
         "explanations": bank_explanations(model, contract, train, test, threshold,
@@ -217,6 +224,28 @@ def _personalized_model(bank: BankData, run: RunFacts) -> nn.Module | None:
     return load_model(path)[1] if path.is_file() else None
 
 
+def _eval_attack(split: _Split, run: RunFacts, dp_spec: dict[str, Any],
+                 settings: AuditSettings) -> dict[str, Any]:
+    """The crafted-model attack on this bank's evaluation release, at its own σ_eval.
+
+    Under DP the grid is the run's public evaluation grid and the noise the bank's from
+    its ledger (none recorded: the attack meets exact counts, as a leak should show);
+    without DP, the fine grid of exact evaluation.
+    """
+    config, defaults = run.config, RunConfig()
+    grid = (eval_grid(run.spec.prior_default_rate,
+                      int(config.get("eval-bins", defaults.eval_bins)),
+                      float(config.get("eval-logit-low", defaults.eval_logit_low)),
+                      float(config.get("eval-logit-high", defaults.eval_logit_high)))
+            if run.dp else FINE_GRID)
+    sigma = dp_spec.get("eval_noise_multiplier")
+    sigma = min(sigma) if isinstance(sigma, list) else float(sigma or 0.0)
+    accountants = tuple(dp_spec.get("eval_accountants") or (config.get("accountant", "rdp"),))
+    return measure_eval_attack(split.x_test, split.y_test, split.x_train, grid, sigma,
+                               float(dp_spec.get("delta") or 1e-5), accountants,
+                               settings.eval_attack_trials, run.spec.prior_default_rate)
+
+
 def _implementation(dp_spec: dict[str, Any], run: RunFacts, n_train: int,
                     settings: AuditSettings, train_fn: TrainFn) -> dict[str, Any]:
     if not run.dp:
@@ -241,6 +270,8 @@ def _verdict(part: dict[str, Any], dp: bool) -> dict[str, Any]:
     rows = {"global": (membership["global"], spec.get("epsilon_global_model"))}
     if "personalized" in membership:
         rows["personalized"] = (membership["personalized"], spec.get("epsilon"))
+    if "eval_attack" in part:  # claim: ε of one evaluation release (0 if none was noised)
+        rows["evaluation"] = (part["eval_attack"], part["eval_attack"]["epsilon_release"] or 0.0)
     verdict: dict[str, Any] = {}
     for name, (attack, claim) in rows.items():
         bound = attack["epsilon_lower_bound"]

@@ -1,9 +1,10 @@
 """Section 2: a bank's DP specification, recomputed from its signed ledger.
 
 Nothing here trusts metrics.json for the guarantee: the accountant history is read
-from the bank's verified ledger (``privacy_spend`` entries) and composed afresh
-with library accountants: Opacus PRV (headline), Opacus RDP and dp-accounting PLD
-(cross-checks). metrics.json values are only compared against it.
+from the bank's verified ledger (``privacy_spend`` entries for DP-SGD on the training
+rows, ``release_spend`` entries for the evaluation releases of the held-out rows) and
+composed afresh with library accountants: Opacus PRV (headline), Opacus RDP and
+dp-accounting PLD (cross-checks). metrics.json values are only compared against it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedrisk.privacy.accounting import compose_epsilon
 from fedrisk.privacy.chain import LedgerEntry, LedgerError, TrustedKeys
+from fedrisk.privacy.release import EVALUATION_RELEASES
 from fedrisk.privacy.verify import read_ledger, verify_path
 
 UNIT_OF_PRIVACY = "one customer record of one bank"
@@ -37,7 +41,8 @@ def safe_epsilon(history: list[tuple[float, float, int]], delta: float, accounta
                  ) -> float | None:
     """:func:`cached_epsilon`, or None when the accountant cannot compute (PRV sometimes)."""
     try:
-        value = cached_epsilon(tuple(history), delta, accountant)
+        with np.errstate(divide="ignore"):  # PRV takes log(1 − q), -inf at q = 1 (a release)
+            value = cached_epsilon(tuple(history), delta, accountant)
     except (ValueError, RuntimeError, ArithmeticError):
         return None
     return value if math.isfinite(value) else float("inf")
@@ -168,7 +173,33 @@ def _spend_summary(entries: list[LedgerEntry], run_id: str, n_train: int,
         summary["headline_accountant"] = "prv"
     if train and summary["epsilon_global_model"] is None:
         summary["epsilon_global_model"] = summary["epsilon_global_model_rdp"]
-    return summary
+    return summary | evaluation_summary(entries, run_id, delta)
+
+
+def evaluation_summary(entries: list[LedgerEntry], run_id: str, delta: float) -> dict[str, Any]:
+    """The run's DP evaluation releases of the held-out split, from the bank's ledger.
+
+    Privacy meaning: ``epsilon_eval`` (PRV; RDP cross-check) bounds what the evaluation
+    statistics that left (noisy score and grade histograms) reveal about any held-out
+    record; ``eval_noise_multiplier`` is the Gaussian noise of each release relative to
+    its sensitivity (1). None when the run released no DP evaluation.
+    """
+    releases = [dict(e.body) for e in entries if e.kind == "release_spend"
+                and e.body.get("release") in EVALUATION_RELEASES]
+    run = [b for b in releases if str(b.get("run_id")) == str(run_id)]
+    history = history_of(run)
+    return {
+        "evaluation_releases": [{k: b.get(k) for k in ("round", "release", "noise_multiplier",
+                                                       "sensitivity", "epsilon_eval")}
+                                for b in run],
+        "eval_noise_multiplier": _single(b["noise_multiplier"] for b in run),
+        "eval_accountants": run[-1].get("accountants") if run else None,
+        "epsilon_eval": safe_epsilon(history, delta, "prv") if run else None,
+        "epsilon_eval_rdp": safe_epsilon(history, delta, "rdp") if run else None,
+        "epsilon_eval_reported": float(run[-1]["epsilon_eval"]) if run else None,
+        "epsilon_eval_lifetime": (safe_epsilon(history_of(releases), delta, "prv")
+                                  if releases else None),
+    }
 
 
 def _single(values: Any) -> float | list[float] | None:

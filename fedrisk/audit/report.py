@@ -122,6 +122,13 @@ def _bank_summary(part: dict[str, Any]) -> dict[str, Any]:
         "audit_passed": verdict["audit_passed"],
         "implementation_check_passed": part["implementation_check"].get("passed"),
     }
+    if "eval_attack" in part:
+        attack = part["eval_attack"]
+        summary |= {"epsilon_eval": spec.get("epsilon_eval"),
+                    "eval_noise_multiplier": spec.get("eval_noise_multiplier"),
+                    "eval_attack": {k: attack[k] for k in (
+                        "trials", "tpr", "fpr", "advantage", "epsilon_lower_bound",
+                        "epsilon_release", "passed")} | {"epsilon_eval": spec.get("epsilon_eval")}}
     if "personalized" in membership:
         personal = membership["personalized"]
         summary |= {"personalized_mia_auc": personal["auc"],

@@ -81,12 +81,36 @@ found{% endif %}{% if s.ledger.pinned %}, registered key{% endif %}{% else %}<sp
 verified</span>{% if s.ledger.error %}: {{ s.ledger.error }}{% endif %}{% endif %}</td></tr>
 {% endfor %}
 </table>
+<h3>Evaluation releases (held-out split)</h3>
+<p class="note">Evaluation leaves a bank only as noisy score histograms (and a noisy grade
+error histogram) of its held-out split: each a Gaussian release of sensitivity 1, charged in
+the ledger before it leaves and composed over the run (ε eval, PRV; RDP cross-check). Crafted-
+model attack: the coordinator sends a model that puts one known person alone in the top score
+bin; the bank's own release is played {{ (doc.banks[0].eval_attack or {}).trials }} times per
+side with that person held out and not, at the bank's σ eval; the best threshold test's TPR
+and FPR give an ε lower bound (95% Clopper-Pearson) that must not exceed ε of one release.</p>
+<table><tr><th class="l">bank</th><th>releases</th><th>σ eval</th><th>ε eval PRV</th>
+<th>ε eval RDP</th><th>ε eval reported</th><th>ε eval lifetime</th><th>attack TPR</th>
+<th>attack FPR</th><th>ε LB</th><th>ε one release</th><th>verdict</th></tr>
+{% for bank, p in doc.bank_parts.items() %}{% set s = p.dp_spec %}{% set a = p.eval_attack or {} %}
+<tr><td class="l">{{ bank }}</td><td>{{ (s.evaluation_releases or [])|length }}</td>
+<td>{{ s.eval_noise_multiplier|f(4) }}</td><td><b>{{ s.epsilon_eval|f(4) }}</b></td>
+<td>{{ s.epsilon_eval_rdp|f(4) }}</td><td>{{ s.epsilon_eval_reported|f(4) }}</td>
+<td>{{ s.epsilon_eval_lifetime|f(4) }}</td><td>{{ a.tpr|f }}</td><td>{{ a.fpr|f }}</td>
+<td>{{ a.epsilon_lower_bound|f }}</td><td>{{ a.epsilon_release|f }}</td>
+<td>{% if not a %}<span class="na">not measured</span>{% elif a.passed is none %}
+<span class="fail">no DP evaluation</span>{% elif a.passed %}
+<span class="pass">ε_LB ≤ ε</span>{% else %}<span class="fail">ε_LB &gt; ε: FAILED</span>
+{% endif %}</td></tr>{% endfor %}</table>
 {% else %}
 <p><b>No DP:</b> this run is a NON-PRIVATE baseline; no ε is claimed.
 Ledgers: {% for bank, p in doc.bank_parts.items() %}{{ bank }}
 {% if p.dp_spec.ledger.ok %}<span class="pass">verified</span>{% else %}
 <span class="fail">not verified</span>{% endif %}{% if not loop.last %}, {% endif %}
-{% endfor %}.</p>
+{% endfor %}.
+Evaluation is exact: the crafted-model attack on it reaches {% for b in doc.banks
+if b.eval_attack %}TPR {{ b.eval_attack.tpr|f }} at FPR {{ b.eval_attack.fpr|f }} ({{ b.id }}){%
+if not loop.last %}, {% endif %}{% endfor %}.</p>
 {% endif %}
 
 <h2 id="empirical_privacy">3. Empirical privacy audit</h2>

@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from fedrisk.models.metrics import (
+from fedrisk.models.histograms import (
     HISTOGRAM_BINS,
-    discrimination_metrics,
     histogram_auc,
+    histogram_ks,
     score_histograms,
 )
+from fedrisk.models.metrics import discrimination_metrics
 
 CALIBRATION_EDGES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
@@ -72,13 +73,6 @@ def merge_utility(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
                                   for k in ("count", "sum_pd", "sum_default")))}
                      for bank, part in parts.items()},
     }
-
-
-def histogram_ks(positive: np.ndarray, negative: np.ndarray) -> float:
-    """KS distance between defaulters' and others' score distributions from binned counts."""
-    cdf_pos = np.cumsum(positive) / max(positive.sum(), 1)
-    cdf_neg = np.cumsum(negative) / max(negative.sum(), 1)
-    return float(np.max(np.abs(cdf_pos - cdf_neg)))
 
 
 def calibration_table(count: np.ndarray, sum_pd: np.ndarray, sum_default: np.ndarray

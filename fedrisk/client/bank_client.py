@@ -1,4 +1,4 @@
-"""The bank as a Flower client: DP-SGD rounds, write-ahead privacy spend, local evaluation."""
+"""The bank as a Flower client: DP-SGD rounds, write-ahead privacy spend, held-out evaluation."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import secrets
 from dataclasses import replace
 
 import numpy as np
-import torch
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar, ndarray_to_bytes
 
 from fedrisk.client.bank import Bank
+from fedrisk.client.evaluation import HeldOutEvaluation
 from fedrisk.config import RunConfig
 from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
-from fedrisk.models.metrics import discrimination_metrics, grade_metrics, score_histograms
 from fedrisk.privacy.accounting import (
     DPSchedule,
     PrivacyBudgetExceeded,
@@ -24,7 +23,7 @@ from fedrisk.privacy.accounting import (
     compose_epsilon,
     plan_schedule,
 )
-from fedrisk.privacy.dpsgd import TrainingSettings, predict_logits, train_locally
+from fedrisk.privacy.dpsgd import TrainingSettings, train_locally
 from fedrisk.privacy.policy import PolicyRefusal
 
 log = logging.getLogger("fedrisk.bank")
@@ -82,30 +81,21 @@ class BankClient(NumPyClient):
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[
             float, int, dict[str, Scalar]]:
-        """Score the held-out split; return loss, counts, metrics and score histograms.
+        """Evaluate the global model on the held-out split (:mod:`fedrisk.client.evaluation`).
 
-        On the last round (config ``personalize``), the bank also fine-tunes the global
-        model on its own train split (DP, charged to its budget), keeps the personalized
-        model on its own disk and reports only its held-out AUC and Brier score.
+        Under DP only noisy, accounted histograms leave. On the last round (config
+        ``personalize``), the bank also fine-tunes the global model on its own train split
+        (DP, charged to its budget), keeps the personalized model on its own disk and
+        releases only the evaluation of it.
         """
         model = build_model(self.spec, self.config.seed)
         set_model_arrays(model, parameters)
-        logits = predict_logits(model, self.bank.test_features)
-        labels = self.bank.test_labels
-        probabilities = 1 / (1 + np.exp(-logits))
-        eps = 1e-7
-        loss = float(-np.mean(labels * np.log(probabilities + eps)
-                              + (1 - labels) * np.log(1 - probabilities + eps)))
-        metrics: dict[str, Scalar] = {"bank_id": self.bank.bank_id, "n_test": len(labels)}
-        metrics |= discrimination_metrics(probabilities, labels)
-        positive, negative = score_histograms(logits, labels)
-        metrics |= {f"hist_pos_{i:03d}": int(c) for i, c in enumerate(positive)}
-        metrics |= {f"hist_neg_{i:03d}": int(c) for i, c in enumerate(negative)}
-        if self.bank.test_grades is not None:
-            metrics |= self._grade_quality(model)
-        if config.get("personalize") and self._personalization_epochs() > 0:
-            metrics |= self._personalize(model, int(config["server-round"]))
-        return loss, len(labels), metrics | self.ledger_report()
+        personalize = (self._personalize if config.get("personalize")
+                       and self._personalization_epochs() > 0 else None)
+        evaluation = HeldOutEvaluation(self.bank, self.config, self.run_id, self.spec)
+        loss, n_test, metrics = evaluation.run(model, int(config.get("server-round", 0)),
+                                               personalize)
+        return loss, n_test, metrics | self.ledger_report()
 
     def ledger_report(self) -> dict[str, Scalar]:
         """The ledger's id, length and head, taken after the round's last entry.
@@ -117,7 +107,10 @@ class BankClient(NumPyClient):
                 "ledger_head": ledger.head_hash}
 
     def _personalize(self, model, server_round: int) -> dict[str, Scalar]:
-        """DP fine-tuning of the global model on this bank's rows; the result stays here."""
+        """DP fine-tuning of ``model`` in place on this bank's rows; the result stays here.
+
+        Returns the training spend's ε (run and lifetime) under DP, nothing otherwise.
+        """
         cfg = self.config
         schedule, spend = self._charge(server_round, "personalize") if cfg.dp else (None, None)
         settings = replace(self._settings(), local_epochs=cfg.personalization_epochs,
@@ -127,20 +120,9 @@ class BankClient(NumPyClient):
                       grades=self.bank.train_grades)
         save_model(self.bank.state_dir / "personalized" / f"{self.run_id}.safetensors",
                    self.spec, model_arrays(model), private=True)
-        probabilities = 1 / (1 + np.exp(-predict_logits(model, self.bank.test_features)))
-        quality = discrimination_metrics(probabilities, self.bank.test_labels)
-        metrics: dict[str, Scalar] = {"personalized_auc": quality["auc"],
-                                      "personalized_brier": quality["brier"]}
-        if spend is not None:
-            metrics |= {key: spend[key] for key in ("epsilon", "epsilon_lifetime")}
-        return metrics
-
-    def _grade_quality(self, model) -> dict[str, Scalar]:
-        """Rank correlation and per-grade accuracy of the grade head on held-out rows."""
-        with torch.no_grad():
-            model.eval()
-            _, scores = model(torch.from_numpy(self.bank.test_features), with_grade=True)
-        return grade_metrics(scores.numpy(), self.bank.test_grades, self.spec.n_grades)
+        if spend is None:
+            return {}
+        return {key: spend[key] for key in ("epsilon", "epsilon_lifetime")}
 
     def _settings(self) -> TrainingSettings:
         mu = self.config.fedprox_mu if self.config.strategy == "fedprox" else 0.0

@@ -13,6 +13,7 @@ logs why, records a ``blocked`` entry, and the round goes on without it. A
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message
@@ -31,13 +32,15 @@ from fedrisk.client.refusal import message_round, refusal_reply
 from fedrisk.client.secagg import protocol_state
 from fedrisk.config import RunConfig
 from fedrisk.models import build_model
-from fedrisk.models.metrics import HISTOGRAM_BINS
+from fedrisk.models.histograms import GRADE_ERROR_RANGE, HISTOGRAM_BINS
 from fedrisk.privacy.accounting import PrivacyBudgetExceeded
 from fedrisk.privacy.egress import EgressPolicy, inspect_metadata, inspect_reply
 from fedrisk.privacy.ledger import egress_body
 from fedrisk.privacy.policy import PolicyRefusal
+from fedrisk.privacy.release import HELD_OUT
 from fedrisk.privacy.secagg_replies import SecAggExchange
 
+GRADE_ERROR_BINS = 2 * GRADE_ERROR_RANGE + 1
 log = logging.getLogger("fedrisk.guard")
 
 
@@ -94,12 +97,17 @@ def _policy(bank: Bank, config: RunConfig, context: Context) -> EgressPolicy:
     spec = model_spec_for(bank, config)
     shapes = tuple(tuple(t.shape) for t in build_model(spec).state_dict().values())
     entries = bank.ledger.entries()
+    run = str(context.run_id)
     spends = [e.body for e in entries
-              if e.kind == "privacy_spend" and e.body.get("run_id") == str(context.run_id)]
-    return EgressPolicy(bank.bank_id, shapes, HISTOGRAM_BINS, ledger_head=entries[-1].entry_hash,
+              if e.kind == "privacy_spend" and e.body.get("run_id") == run]
+    releases = [e.body for e in entries if e.kind == "release_spend"
+                and e.body.get("run_id") == run and e.body.get("population") == HELD_OUT]
+    margin = math.ceil(8 * float(releases[-1]["noise_multiplier"])) + 1 if releases else 0
+    bins = max(config.eval_bins, GRADE_ERROR_BINS) if config.dp else HISTOGRAM_BINS
+    return EgressPolicy(bank.bank_id, shapes, bins, ledger_head=entries[-1].entry_hash,
                         ledger_entries=len(entries), ledger_id=bank.ledger.ledger_id,
                         n_grades=spec.n_grades, prior_default_rate=spec.prior_default_rate,
-                        n_test=len(bank.test_labels), dp=config.dp,
+                        n_test=len(bank.test_labels), noise_margin=margin, dp=config.dp,
                         spend=spends[-1] if spends else None)
 
 

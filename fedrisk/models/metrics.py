@@ -1,9 +1,7 @@
-"""Discrimination and calibration metrics, including AUC from score histograms.
+"""Discrimination and calibration metrics of scores against labels, on one bank's rows.
 
-A consortium AUC must not need per-row scores from any bank. Each bank sends two
-histograms of its model scores on a fixed logit grid (one for defaulters, one for
-non-defaulters); summing them across banks and reading the ROC off the pooled
-histograms gives the pooled AUC up to ties within a bin.
+Metrics the coordinator computes without rows (from score histograms) live in
+:mod:`fedrisk.models.histograms`; its grid and histogram functions are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,28 +10,12 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-HISTOGRAM_BINS = 256
-LOGIT_RANGE = (-8.0, 8.0)
-
-
-def score_histograms(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Count logits per fixed bin, separately for positives (defaults) and negatives."""
-    low, high = LOGIT_RANGE
-    clipped = np.clip(logits, low, high - 1e-9)
-    bins = ((clipped - low) / (high - low) * HISTOGRAM_BINS).astype(np.int64)
-    positive = np.bincount(bins[labels == 1], minlength=HISTOGRAM_BINS)
-    negative = np.bincount(bins[labels == 0], minlength=HISTOGRAM_BINS)
-    return positive, negative
-
-
-def histogram_auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """ROC AUC from binned score counts; ties within a bin count one half."""
-    n_pos, n_neg = positive.sum(), negative.sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    negatives_below = np.cumsum(negative) - negative
-    wins = (positive * (negatives_below + 0.5 * negative)).sum()
-    return float(wins / (n_pos * n_neg))
+from fedrisk.models.histograms import (  # noqa: F401 - re-exported
+    HISTOGRAM_BINS,
+    LOGIT_RANGE,
+    histogram_auc,
+    score_histograms,
+)
 
 
 def ks_statistic(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -65,7 +47,7 @@ def grade_metrics(scores: np.ndarray, grades: np.ndarray, n_grades: int) -> dict
     scores, grades = scores[known], grades[known]
     if len(grades) < 2:
         return {}
-    predicted = np.clip(np.rint(scores * (n_grades - 1)), 0, n_grades - 1).astype(np.int64)
+    predicted = predicted_grades(scores, n_grades)
     metrics = {
         "grade_spearman": float(spearmanr(scores, grades).statistic),
         "grade_accuracy": float(np.mean(predicted == grades)),
@@ -74,3 +56,8 @@ def grade_metrics(scores: np.ndarray, grades: np.ndarray, n_grades: int) -> dict
     for level in np.unique(grades):
         metrics[f"grade_acc_{level:02d}"] = float(np.mean(predicted[grades == level] == level))
     return metrics
+
+
+def predicted_grades(scores: np.ndarray, n_grades: int) -> np.ndarray:
+    """Grade level (0 … n_grades − 1) nearest to each grade score on the 0-1 scale."""
+    return np.clip(np.rint(scores * (n_grades - 1)), 0, n_grades - 1).astype(np.int64)

@@ -45,8 +45,11 @@ LEDGER_FIT_METRICS = frozenset({"epsilon", "epsilon_lifetime", "delta", "noise_m
 # What an evaluation reply may carry (statistics of the held-out split) and their bounds.
 EVALUATE_METRICS = frozenset({"bank_id", "n_test", "auc", "brier", "ks", "personalized_auc",
                               "personalized_brier", "epsilon", "epsilon_lifetime",
-                              "ledger_id", "ledger_entries", "ledger_head"})
-HISTOGRAM_KEY = re.compile(r"hist_(pos|neg)_(\d{3})")
+                              "ledger_id", "ledger_entries", "ledger_head",
+                              "epsilon_eval", "epsilon_eval_lifetime", "eval_noise_multiplier"})
+# Counts per bin: score histograms of the global and the personalized model, and the grade
+# head's error histogram. Under DP they are noisy integers and may be negative.
+HISTOGRAM_KEY = re.compile(r"(?:(?:personalized_)?hist_(?:pos|neg)|grade_error)_(\d{3})")
 GRADE_METRICS = frozenset({"grade_spearman", "grade_accuracy", "grade_within_one"})
 GRADE_LEVEL_KEY = re.compile(r"grade_acc_(\d{2})")
 FRACTIONS = frozenset({"auc", "brier", "ks", "personalized_auc", "personalized_brier",
@@ -70,6 +73,8 @@ class EgressPolicy:
         ledger_head: the bank's current ledger head hash (the only hex string allowed).
         n_grades / prior_default_rate: the contract's grade count and prior (public).
         n_test: the bank's held-out rows: bounds every count of held-out rows.
+        noise_margin: how far a DP-noised count may legitimately stray outside
+            [0, n_test] (8 noise standard deviations of the run's evaluation release).
         dp: whether this run trains with DP (the ``dp`` metric must say so).
         spend: the bank's latest ``privacy_spend`` entry of this run (None without one):
             the DP figures a reply reports must be exactly these.
@@ -85,6 +90,7 @@ class EgressPolicy:
     n_grades: int = 0
     prior_default_rate: float = 0.5
     n_test: int = 0
+    noise_margin: int = 0
     dp: bool = False
     spend: Mapping[str, object] | None = None
 
@@ -146,7 +152,8 @@ def _inspect_evaluate(content: RecordDict, policy: EgressPolicy) -> list[str]:
                               {"loss": _number(low=0.0)}.get, "evaluateres.loss",
                               required={"loss"})
     problems += _check_record(content.metric_records.get("evaluateres.num_examples"),
-                              {"num_examples": _evaluation_rule("n_test", policy)}.get,
+                              {"num_examples": _count(0, policy.n_test
+                                                      + policy.noise_margin)}.get,
                               "evaluateres.num_examples", required={"num_examples"})
     problems += _check_record(content.config_records.get("evaluateres.metrics"),
                               lambda key: _evaluation_rule(key, policy), "evaluateres.metrics")
@@ -168,8 +175,8 @@ def _fit_rule(key: str, policy: EgressPolicy) -> Rule | None:
 def _evaluation_rule(key: str, policy: EgressPolicy) -> Rule | None:
     """The rule one evaluation metric must follow; None if it may not leave."""
     histogram = HISTOGRAM_KEY.fullmatch(key)
-    if histogram and int(histogram.group(2)) < policy.histogram_bins:
-        return _count(0, policy.n_test)
+    if histogram and int(histogram.group(1)) < policy.histogram_bins:
+        return _count(-policy.noise_margin, policy.n_test + policy.noise_margin)
     level = GRADE_LEVEL_KEY.fullmatch(key)
     if policy.n_grades and level and int(level.group(1)) < policy.n_grades:
         return _fraction(0.0)

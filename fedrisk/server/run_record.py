@@ -1,5 +1,9 @@
 """What the coordinator records of a run: per-round and per-bank metrics, never rows.
 
+Under DP every evaluation figure is computed here from the banks' noisy score
+histograms (post-processing of accounted releases); the consortium figures pool the
+banks' signed noisy counts first and clip negative counts only after pooling.
+
 Writes ``metrics.json`` (schema in the README), the final model
 (``model.safetensors``) and ``training.png`` (consortium AUC and max ε per round).
 """
@@ -24,14 +28,28 @@ from flwr.common.logger import log  # noqa: E402
 
 from fedrisk.config import RunConfig  # noqa: E402
 from fedrisk.models import ModelSpec, save_model  # noqa: E402
-from fedrisk.models.metrics import HISTOGRAM_BINS, histogram_auc  # noqa: E402
+from fedrisk.models.histograms import (  # noqa: E402
+    FINE_GRID,
+    ScoreGrid,
+    eval_grid,
+    grade_error_metrics,
+    grade_errors_from,
+    histogram_metrics,
+    histograms_from,
+)
 
 SCHEMA_VERSION = 1
 FIT_KEYS = ("n_train", "epsilon", "epsilon_lifetime", "delta", "noise_multiplier",
             "sample_rate", "steps", "train_loss", "ledger_head")
+# Without DP: exact metrics as the banks report them.
 EVAL_KEYS = ("n_test", "auc", "brier", "ks", "personalized_auc", "personalized_brier",
              "epsilon", "epsilon_lifetime", "grade_spearman", "grade_accuracy",
              "grade_within_one", "ledger_id", "ledger_entries", "ledger_head")
+# Under DP: what is taken as reported besides the noisy histograms (ε of training and of
+# evaluation, the evaluation noise; n_test only from a bank whose policy makes sizes public).
+PRIVATE_EVAL_KEYS = ("n_test", "epsilon", "epsilon_lifetime", "epsilon_eval",
+                     "epsilon_eval_lifetime", "eval_noise_multiplier", "ledger_id",
+                     "ledger_entries", "ledger_head")
 
 
 class RunRecorder:
@@ -72,48 +90,85 @@ class RunRecorder:
             log(30, "round %s: a bank did not contribute: %s", server_round, reason)
 
     def on_evaluate(self, server_round: int, results: list, failures: list) -> None:
-        """Pool banks' score histograms into the consortium AUC and close the round."""
-        positive = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
-        negative = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
-        brier_sum, n_total = 0.0, 0
+        """Read banks' score histograms into per-bank and consortium metrics; close the round.
+
+        Under DP the histograms are noisy releases: every figure (per bank and pooled) is
+        computed here from them, and nothing else of a bank's evaluation is trusted or
+        needed. Without DP banks report exact metrics and the pooled AUC comes from their
+        exact histograms. No results and no failures: the round was not evaluated.
+        """
+        grid = self._grid()
+        pooled = {"hist": np.zeros((2, grid.bins)), "personalized_hist": np.zeros((2, grid.bins))}
+        noise_variance, brier_sum, n_total = 0.0, 0.0, 0
         for _, res in results:
             metrics = dict(res.metrics)
             bank = self.banks.setdefault(str(metrics["bank_id"]), {"rounds_joined": 0})
-            bank.update({k: metrics[k] for k in EVAL_KEYS if k in metrics})
-            by_level = {k[len("grade_acc_"):]: v for k, v in metrics.items()
-                        if k.startswith("grade_acc_")}
-            if by_level:
-                bank["grade_accuracy_by_level"] = dict(sorted(by_level.items()))
-            positive += [int(metrics[f"hist_pos_{i:03d}"]) for i in range(HISTOGRAM_BINS)]
-            negative += [int(metrics[f"hist_neg_{i:03d}"]) for i in range(HISTOGRAM_BINS)]
-            brier_sum += float(metrics["brier"]) * int(metrics["n_test"])
-            n_total += int(metrics["n_test"])
+            for prefix, counts in pooled.items():
+                histograms = histograms_from(metrics, prefix)
+                if histograms is not None and len(histograms[0]) == grid.bins:
+                    counts += histograms
+            if self.config.dp:
+                bank.update(_private_bank_metrics(metrics, grid))
+                noise_variance += float(metrics.get("eval_noise_multiplier", 0.0)) ** 2
+            else:
+                bank.update(_exact_bank_metrics(metrics))
+                brier_sum += float(metrics["brier"]) * int(metrics["n_test"])
+                n_total += int(metrics["n_test"])
+        self._close_round(server_round, grid, pooled, math.sqrt(noise_variance),
+                          brier_sum / n_total if n_total else None, bool(results or failures))
+
+    def _grid(self) -> ScoreGrid:
+        """The histograms' grid: the public DP grid around the contract's prior, or the fine one."""
+        if not self.config.dp:
+            return FINE_GRID
+        return eval_grid(self.prior_default_rate, self.config.eval_bins,
+                         self.config.eval_logit_low, self.config.eval_logit_high)
+
+    def _close_round(self, server_round: int, grid: ScoreGrid, pooled: dict[str, np.ndarray],
+                     noise_sd: float, exact_brier: float | None, evaluated: bool) -> None:
+        consortium = histogram_metrics(*pooled["hist"], grid, noise_sd) if evaluated else {}
         now = time.monotonic()
         record = {
             "round": server_round,
-            "auc": histogram_auc(positive, negative),
-            "brier": brier_sum / max(n_total, 1),
+            "auc": consortium.get("auc"),
+            "auc_noise_sd": consortium.get("auc_noise_sd"),
+            "brier": exact_brier if exact_brier is not None else consortium.get("brier"),
+            "evaluated": evaluated,
             "epsilon_max": self.epsilon_max(),
+            "epsilon_eval_max": self.epsilon_eval_max(),
             "seconds": round(now - self._round_start, 3),
             "banks_trained": self._trained.get(server_round, 0),
             "banks_failed": len(self._failures.get(server_round, [])),
             "failures": self._failures.get(server_round, []),
             "received_update_sha256": self._received.get(server_round, []),
         }
+        if pooled["personalized_hist"].any():
+            personal = histogram_metrics(*pooled["personalized_hist"], grid, noise_sd)
+            record |= {"personalized_auc": personal["auc"],
+                       "personalized_auc_noise_sd": personal["auc_noise_sd"]}
         self._round_start = now
         self.rounds.append(record)
+        log(20, "round %d/%d  %s  %s  (%.1fs)", server_round, self.config.num_server_rounds,
+            _auc_text(record, self.config.dp), self._epsilon_text(record), record["seconds"])
+
+    def _epsilon_text(self, record: dict) -> str:
         if not self.config.dp:
-            eps = "non-private"
-        elif record["epsilon_max"] is None:
-            eps = "no bank trained"
-        else:
-            eps = f"max ε {record['epsilon_max']:.3f}"
-        log(20, "round %d/%d  consortium AUC %.4f  %s  (%.1fs)", server_round,
-            self.config.num_server_rounds, record["auc"], eps, record["seconds"])
+            return "non-private"
+        if record["epsilon_max"] is None:
+            return "no bank trained"
+        text = f"max ε {record['epsilon_max']:.3f}"
+        if record["epsilon_eval_max"] is not None:
+            text += f"  max ε eval {record['epsilon_eval_max']:.3f}"
+        return text
 
     def epsilon_max(self) -> float | None:
         """Largest ε any bank has spent in this run so far (None without DP)."""
         values = [b["epsilon"] for b in self.banks.values() if "epsilon" in b]
+        return max(values) if values else None
+
+    def epsilon_eval_max(self) -> float | None:
+        """Largest evaluation ε any bank has spent in this run so far (None without DP)."""
+        values = [b["epsilon_eval"] for b in self.banks.values() if "epsilon_eval" in b]
         return max(values) if values else None
 
     def write(self, parameters, output_dir: Path) -> dict:
@@ -149,14 +204,21 @@ class RunRecorder:
             "rounds": self.rounds,
             "banks": banks,
             "final": {"auc": last.get("auc"), "brier": last.get("brier"),
-                      "epsilon_max": self.epsilon_max()},
+                      "epsilon_max": self.epsilon_max(),
+                      "auc_noise_sd": last.get("auc_noise_sd"),
+                      "epsilon_eval_max": self.epsilon_eval_max(),
+                      "personalized_auc": last.get("personalized_auc"),
+                      "personalized_auc_noise_sd": last.get("personalized_auc_noise_sd")},
             "baselines": {},
         }
 
     def _plot(self, path: Path) -> None:
         rounds = [r["round"] for r in self.rounds]
+        evaluated = [r for r in self.rounds if r["auc"] is not None]
         figure, auc_axis = plt.subplots(figsize=(6, 3.5))
-        auc_axis.plot(rounds, [r["auc"] for r in self.rounds], "o-", color="tab:blue")
+        auc_axis.errorbar([r["round"] for r in evaluated], [r["auc"] for r in evaluated],
+                          yerr=[r["auc_noise_sd"] or 0.0 for r in evaluated], fmt="o-",
+                          color="tab:blue", capsize=3)
         auc_axis.set_xlabel("round")
         auc_axis.set_ylabel("consortium AUC", color="tab:blue")
         if self.config.dp:
@@ -167,6 +229,50 @@ class RunRecorder:
         figure.tight_layout()
         figure.savefig(path, dpi=100)
         plt.close(figure)
+
+
+def _exact_bank_metrics(metrics: dict) -> dict:
+    """A bank's exact evaluation (non-private run), with per-level grade accuracy grouped."""
+    bank = {k: metrics[k] for k in EVAL_KEYS if k in metrics}
+    by_level = {k[len("grade_acc_"):]: v for k, v in metrics.items()
+                if k.startswith("grade_acc_")}
+    if by_level:
+        bank["grade_accuracy_by_level"] = dict(sorted(by_level.items()))
+    return bank
+
+
+def _private_bank_metrics(metrics: dict, grid: ScoreGrid) -> dict:
+    """A bank's figures computed from its noisy releases (post-processing, no extra ε).
+
+    ``auc_noise_sd`` is the noise's standard deviation in this bank's AUC. Per-level grade
+    accuracy and the grade rank correlation are not released under DP (``None``).
+    """
+    sigma = float(metrics.get("eval_noise_multiplier", 0.0))
+    bank = {k: metrics[k] for k in PRIVATE_EVAL_KEYS if k in metrics}
+    histograms = histograms_from(metrics)
+    if histograms is not None and len(histograms[0]) == grid.bins:
+        released = histogram_metrics(*histograms, grid, sigma)
+        bank |= {k: released[k] for k in ("auc", "auc_noise_sd", "brier", "ks")}
+        bank.setdefault("n_test", released["n"])
+    personal = histograms_from(metrics, "personalized_hist")
+    if personal is not None and len(personal[0]) == grid.bins:
+        released = histogram_metrics(*personal, grid, sigma)
+        bank |= {"personalized_auc": released["auc"], "personalized_brier": released["brier"],
+                 "personalized_auc_noise_sd": released["auc_noise_sd"]}
+    errors = grade_errors_from(metrics)
+    if errors is not None:
+        bank |= grade_error_metrics(errors) | {"grade_spearman": None,
+                                               "grade_accuracy_by_level": None}
+    return bank
+
+
+def _auc_text(record: dict, dp: bool) -> str:
+    if not record["evaluated"]:
+        return "not evaluated (eval-every)"
+    if record["auc"] is None or math.isnan(record["auc"]):
+        return "consortium AUC -"
+    noise = f" ± {record['auc_noise_sd']:.3f}" if dp and record["auc_noise_sd"] else ""
+    return f"consortium AUC {record['auc']:.4f}{noise}"
 
 
 def _sha256(tensors: list[bytes]) -> str:

@@ -71,7 +71,8 @@ def main(grid: Grid, context: Context) -> None:
     known = known_heads_config(read_known_heads(config.ledger_heads_file))
     initial = initial_parameters(grid, config, known)
     strategy = UpdateAggregation(make_strategy(config, known), recorder.on_fit,
-                                 recorder.on_evaluate, initial)
+                                 recorder.on_evaluate, initial,
+                                 evaluation_rounds=config.evaluation_rounds)
     legacy = LegacyContext(context=context, strategy=strategy,
                            config=ServerConfig(num_rounds=config.num_server_rounds))
     DefaultWorkflow(fit_workflow=fit_workflow(config))(grid, legacy)

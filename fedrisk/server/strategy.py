@@ -10,7 +10,7 @@ secure aggregation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from flwr.common import (
     EvaluateIns,
@@ -42,9 +42,16 @@ class UpdateAggregation(Strategy):
     def __init__(self, make_strategy: Callable[[Parameters], Strategy],
                  on_fit: Callable[[int, list, list], None] | None = None,
                  on_evaluate: Callable[[int, list, list], None] | None = None,
-                 initial: Parameters | None = None) -> None:
-        """Keep a factory for the wrapped strategy, observers of results, the initial model."""
+                 initial: Parameters | None = None,
+                 evaluation_rounds: Collection[int] | None = None) -> None:
+        """Keep a factory for the wrapped strategy, observers of results, the initial model.
+
+        ``evaluation_rounds``: the rounds whose global model the banks evaluate (None:
+        every round). Under DP each evaluation is an accounted release at every bank; in
+        other rounds no evaluate message is sent and ``on_evaluate`` sees no results.
+        """
         self._initial = initial
+        self._evaluation_rounds = None if evaluation_rounds is None else set(evaluation_rounds)
         self._make_strategy = make_strategy
         self._strategy: Strategy | None = None
         self._current: Parameters | None = None
@@ -78,7 +85,11 @@ class UpdateAggregation(Strategy):
 
     def configure_evaluate(self, server_round: int, parameters: Parameters,
                            client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
-        """Delegate: every bank evaluates the new global model on its held-out split."""
+        """Delegate in evaluation rounds: every bank evaluates the new global model."""
+        if self._evaluation_rounds is not None and server_round not in self._evaluation_rounds:
+            if self._on_evaluate is not None:
+                self._on_evaluate(server_round, [], [])
+            return []
         return self._strategy.configure_evaluate(server_round, parameters, client_manager)
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
