@@ -13,7 +13,7 @@ from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar, ndarray_to_bytes
 
 from fedrisk.client.bank import Bank
-from fedrisk.client.evaluation import HeldOutEvaluation
+from fedrisk.client.evaluation import HeldOutEvaluation, plan_evaluation
 from fedrisk.config import RunConfig
 from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
 from fedrisk.privacy.accounting import (
@@ -25,6 +25,7 @@ from fedrisk.privacy.accounting import (
 )
 from fedrisk.privacy.dpsgd import TrainingSettings, train_locally
 from fedrisk.privacy.policy import PolicyRefusal
+from fedrisk.privacy.release import check_lifetime
 
 log = logging.getLogger("fedrisk.bank")
 
@@ -156,19 +157,13 @@ class BankClient(NumPyClient):
         schedule = self._plan(prior)  # PrivacyBudgetExceeded: this data's budget is spent
         run_steps = (cfg.num_server_rounds * schedule.steps_per_round
                      + schedule.personalization_steps)
-        self._check_lifetime([(schedule.noise_multiplier, schedule.sample_rate, run_steps)])
+        evaluation = plan_evaluation(self.bank, cfg).history
+        self._check_lifetime([(schedule.noise_multiplier, schedule.sample_rate, run_steps),
+                              *evaluation])
 
     def _check_lifetime(self, planned: list[tuple[float, float, int]]) -> None:
         """Refuse if this table's lifetime ε (everything released, plus ``planned``) > cap."""
-        policy = self.bank.policy
-        if math.isinf(policy.max_epsilon_lifetime):
-            return
-        history = [*lifetime_history(self.bank.ledger), *planned]
-        epsilon = compose_epsilon(history, policy.max_delta, self.accountants)
-        if epsilon > policy.max_epsilon_lifetime:
-            raise PolicyRefusal("max-epsilon-lifetime", f"this table's lifetime ε would reach "
-                                f"{epsilon:.3f} > {policy.max_epsilon_lifetime:g} at "
-                                f"δ={policy.max_delta:g}")
+        check_lifetime(self.bank.ledger, self.bank.policy, self.accountants, planned)
 
     def published_size(self) -> int:
         """The bank's training-set size as it may leave, under the policy's ``size-disclosure``.
@@ -263,13 +258,6 @@ class BankClient(NumPyClient):
             "sample_rate": schedule.sample_rate,
             "steps": schedule.steps_per_round,
         }
-
-
-def lifetime_history(ledger) -> list[tuple[float, float, int]]:
-    """Every accounted release on this table: DP-SGD phases and other releases, all runs."""
-    releases = [(float(e.body["noise_multiplier"]), float(e.body["sample_rate"]),
-                 int(e.body["steps"])) for e in ledger.entries() if e.kind == "release_spend"]
-    return [*ledger.privacy_history(None), *releases]
 
 
 def _history_by_run(ledger, exclude: str) -> list[tuple[float, float, int]]:

@@ -40,7 +40,7 @@ from fedrisk.models.histograms import (
 from fedrisk.models.metrics import discrimination_metrics, grade_metrics, predicted_grades
 from fedrisk.privacy.accounting import History, calibrate_noise_multiplier
 from fedrisk.privacy.dpsgd import predict_logits
-from fedrisk.privacy.release import Release, charge_release, gaussian_release
+from fedrisk.privacy.release import Release, charge_release, check_lifetime, gaussian_release
 
 # Trains the global model in place into the bank's personalized model (DP, charged);
 # returns the training spend's metrics (ε of the run and lifetime).
@@ -171,6 +171,9 @@ class HeldOutEvaluation:
 
     def _charge(self, plan: EvaluationPlan, server_round: int, release: str) -> dict:
         """Write-ahead: the ``release_spend`` entry is on disk before any noise is drawn."""
+        accountants = self.bank.policy.accountants_for(self.config)
+        check_lifetime(self.bank.ledger, self.bank.policy, accountants,
+                       [(plan.noise_multiplier, 1.0, 1)])
         return charge_release(self.bank.ledger, Release(
             self.run_id, server_round, release, plan.noise_multiplier, self.config.target_delta,
             self.bank.policy.accountants_for(self.config)), self.config.eval_epsilon)

@@ -31,6 +31,7 @@ from fedrisk.privacy.accounting import (
     compose_epsilon,
 )
 from fedrisk.privacy.ledger import EgressLedger
+from fedrisk.privacy.policy import BankPolicy, PolicyRefusal
 
 log = logging.getLogger("fedrisk.bank")
 
@@ -135,3 +136,27 @@ def gaussian_release(counts: np.ndarray, noise_multiplier: float,
     noisy = np.asarray(counts, dtype=np.float64) + rng.normal(
         0.0, noise_multiplier * sensitivity, np.shape(counts))
     return np.rint(noisy).astype(np.int64)
+
+
+def lifetime_history(ledger: EgressLedger) -> History:
+    """Every accounted release on this table: DP-SGD phases and other releases, all runs."""
+    return [*ledger.privacy_history(None), *release_history(ledger)]
+
+
+def check_lifetime(ledger: EgressLedger, policy: BankPolicy, accountants: Accountants,
+                   planned: History) -> None:
+    """Refuse (``max-epsilon-lifetime``) if this table's lifetime ε would pass the cap.
+
+    The lifetime ε composes everything the bank ever released about the table (training,
+    evaluation, published sizes) plus ``planned``, at the policy's ``max-delta``, with
+    the largest ε over ``accountants``. Called before every charge, whatever scope a run
+    asks for.
+    """
+    cap = policy.max_epsilon_lifetime
+    if cap == float("inf"):
+        return
+    epsilon = compose_epsilon([*lifetime_history(ledger), *planned], policy.max_delta,
+                              accountants)
+    if epsilon > cap:
+        raise PolicyRefusal("max-epsilon-lifetime", f"this table's lifetime ε would reach "
+                            f"{epsilon:.3f} > {cap:g} at δ={policy.max_delta:g}")
