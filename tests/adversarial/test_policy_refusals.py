@@ -113,8 +113,13 @@ def test_the_lifetime_cap_holds_whatever_scope_the_run_asks_for(bank_files):
         admitted.append(run_id)
     lifetime = compose_epsilon(bank.ledger.privacy_history(None), 1e-5, "rdp")
     assert 1 <= len(admitted) < 5 and lifetime <= 5.0
-    with pytest.raises(PolicyRefusal, match="max-epsilon-lifetime"):  # and mid-run too
-        BankClient(bank, HONEST, 99).fit(weights, {"server-round": 1})
+    # and mid-run too: a long run admitted elsewhere is stopped at the round that would cross it
+    long_run = BankClient(bank, RunConfig(**{**HONEST.__dict__, "num_server_rounds": 20}), 99)
+    with pytest.raises(PolicyRefusal, match="max-epsilon-lifetime"):
+        for server_round in range(1, 21):
+            long_run.fit(weights, {"server-round": server_round})
+    total = compose_epsilon([*bank.ledger.privacy_history(None)], 1e-5, "rdp")
+    assert total <= 5.0 and bank.ledger.entries()[-1].kind != "privacy_spend"
 
 
 def test_gdp_never_decides_and_the_strictest_accountant_does(bank_files):
