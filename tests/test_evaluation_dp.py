@@ -141,7 +141,8 @@ def test_only_noisy_counts_and_their_epsilon_leave_under_dp(bank_files):
     assert len(counts) == 4 * bins + 7  # global and personalized pairs, grade errors
     assert all(isinstance(metrics[k], int) for k in counts)
     assert set(metrics) - counts == {"bank_id", "epsilon", "epsilon_lifetime", "epsilon_eval",
-                                     "epsilon_eval_lifetime", "eval_noise_multiplier"}
+                                     "epsilon_eval_lifetime", "eval_noise_multiplier",
+                                     "ledger_id", "ledger_entries", "ledger_head"}
     # num_examples is the noisy count, not the held-out size
     total = sum(metrics[f"hist_{c}_{i:03d}"] for c in ("pos", "neg") for i in range(bins))
     assert reply.content.metric_records["evaluateres.num_examples"]["num_examples"] == total
