@@ -33,7 +33,7 @@ DEFAULT_RUN_TIMEOUT = 3600.0
 COMPLETED = "finished:completed"
 _RUN_ID = re.compile(r"started run (\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EXCEPTION = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exceeded))\b:?\s*(.*)$")
+_EXCEPTION = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exceeded|Refused))\b:?\s*(.*)$")
 
 
 def consortium_run(directory: Path, run_config: dict, name: str | None = None,

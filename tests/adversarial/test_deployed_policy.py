@@ -22,9 +22,9 @@ PROPOSALS = {
 
 def refusals(root, run_key: str) -> dict[str, int]:
     counts = {}
-    for bank in BANKS:
-        (ledger,) = (Layout.at(root).bank_dir(bank) / "state" / "ledgers").glob("*.jsonl")
-        counts[bank] = sum(1 for e in read_ledger(ledger)
+    for bank in BANKS:  # a bank that has not answered any run yet has no ledger yet
+        ledgers = (Layout.at(root).bank_dir(bank) / "state" / "ledgers").glob("*.jsonl")
+        counts[bank] = sum(1 for ledger in ledgers for e in read_ledger(ledger)
                            if e.kind == "refusal" and e.body.get("policy_key") == run_key)
     return counts
 
