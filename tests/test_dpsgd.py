@@ -101,6 +101,10 @@ def test_networks_outside_the_formula_are_refused():
     model = nn.Sequential(shared, nn.ReLU(), shared)
     with LinearRecordGradients(model), pytest.raises(UnsupportedNetwork, match="twice"):
         model(torch.ones(2, 3))
+    tied = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    tied[1].weight = tied[0].weight
+    with pytest.raises(UnsupportedNetwork, match="share a parameter"):
+        LinearRecordGradients(tied)
 
 
 def test_poisson_batches_include_each_record_independently_at_rate_q():

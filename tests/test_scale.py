@@ -17,6 +17,8 @@ from fedrisk.client.bank import bank_for_context
 from fedrisk.client.secagg import check_request
 from fedrisk.config import RunConfig
 from fedrisk.data import load_embedded
+from fedrisk.privacy.chain import ChainChecker
+from fedrisk.privacy.ledger import EgressLedger
 from fedrisk.privacy.policy import BankPolicy, PolicyRefusal
 from fedrisk.server.run_record import natural_key
 from fedrisk.server.secagg import FULL_GRAPH_BANKS, secagg_counts, weight_bound
@@ -108,6 +110,18 @@ def test_a_worker_serving_many_banks_loads_each_table_once(tmp_path):
     first = [bank_for_context(context) for context in contexts]
     again = [bank_for_context(context) for context in reversed(contexts)]
     assert all(a is b for a, b in zip(first, reversed(again), strict=True))
+
+
+def test_ledger_appends_and_reads_verify_only_new_lines(tmp_path, monkeypatch):
+    ledger = EgressLedger.for_bank(tmp_path, "bank-1", "ab" * 32)
+    checked = []
+    original = ChainChecker.check
+    monkeypatch.setattr(ChainChecker, "check", lambda self, raw: checked.append(raw) or
+                        original(self, raw))
+    for i in range(200):
+        ledger.append("note", {"event": "round", "i": i})
+        assert ledger.head_hash and ledger.entry_count and ledger.privacy_history(None) == []
+    assert len(checked) == 200  # each line once: no re-verification of the whole chain
 
 
 def fake_metrics(banks: int) -> dict:

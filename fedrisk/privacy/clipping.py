@@ -53,6 +53,9 @@ class LinearRecordGradients:
                     f"DP-SGD clips per record only networks of nn.Linear layers; parameter "
                     f"'{name}' is outside one")
         self.parameters = [p for layer in self.layers for p in _own_parameters(layer)]
+        if len({id(p) for p in self.parameters}) != len(self.parameters):
+            raise UnsupportedNetwork("two Linear layers share a parameter; per-record norms "
+                                     "would miss cross terms")
         self.flat_grad = torch.zeros(sum(p.numel() for p in self.parameters))
         self._grad_views = _views(self.flat_grad, self.parameters)
         self._grad_of = dict(zip(self.parameters, self._grad_views, strict=True))

@@ -45,7 +45,7 @@ class TrainingSettings:
     Attributes:
         local_epochs: passes over the bank's train split per round (in expectation under
             Poisson sampling).
-        batch_size: expected batch size; sets the sampling rate ``batch_size / n``.
+        batch_size: expected batch size; sets the sampling rate ``1 / ⌈n / batch_size⌉``.
         learning_rate / momentum: SGD settings.
         max_grad_norm: L2 bound each record's gradient is clipped to (DP sensitivity).
         proximal_mu: FedProx proximal term weight (0 = plain FedAvg local training).
@@ -66,7 +66,8 @@ class TrainingResult:
 
     Attributes:
         steps: optimizer steps actually taken (must equal the planned steps under DP).
-        mean_loss: mean training loss over the phase (a scalar; safe to report).
+        mean_loss: mean loss per record over the phase (never leaves the bank: it is not
+            a DP statistic).
         history: the Opacus accountant history after training (empty without DP).
 
     """
