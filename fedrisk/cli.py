@@ -13,8 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedrisk.config import ConfigError
-from fedrisk.data import DataError
+from fedrisk.errors import UserError
 
 if TYPE_CHECKING:
     from fedrisk.privacy.chain import TrustedKeys
@@ -368,6 +367,8 @@ def _split_seed(bank_policy: Path | None) -> int | None:
 
 
 def _parse_bank_paths(items: list[str] | None) -> dict[str, Path] | None:
+    from fedrisk.config import ConfigError
+
     if not items:
         return None
     pairs = {}
@@ -539,6 +540,8 @@ def audit_report(
 
 
 def _parse_run_config(text: str | None) -> dict[str, str]:
+    from fedrisk.config import ConfigError
+
     if not text:
         return {}
     pairs = {}
@@ -652,18 +655,9 @@ def _fmt(value: object) -> str:
 
 def main() -> None:
     """Entry point: user errors are one line on stderr with exit code 2, never a traceback."""
-    from fedrisk.consortium import ConsortiumError
-    from fedrisk.models import ModelFileError
-    from fedrisk.privacy.accounting import PrivacyBudgetExceeded
-    from fedrisk.privacy.chain import LedgerError
-    from fedrisk.privacy.keys import KeyFileError
-    from fedrisk.privacy.policy import PolicyError
-    from fedrisk.simulations import SimulationError
-
     try:
         app()
-    except (ConfigError, DataError, PrivacyBudgetExceeded, KeyFileError, LedgerError,
-            ConsortiumError, ModelFileError, PolicyError, SimulationError) as error:
+    except UserError as error:
         errors.print(f"[red]error:[/red] {error}", highlight=False)
         sys.exit(2)
 

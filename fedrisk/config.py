@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from fedrisk.errors import UserError
 from fedrisk.models.histograms import HISTOGRAM_BINS as MAX_HISTOGRAM_BINS
 from fedrisk.models.networks import MODEL_KINDS
 
@@ -18,7 +19,7 @@ BUDGET_SCOPES = ("run", "dataset")
 PERSONALIZATION = ("finetune", "none")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A run configuration value is invalid; the message names the key."""
 
 

@@ -69,7 +69,9 @@ def test_the_maximum_weight_bounds_every_published_size_within_two():
 
 
 def test_many_banks_sparse_secagg_follows_the_data_and_prints_a_summary(tmp_path):
-    """12 banks: a 9-bank SecAgg+ neighbourhood, the weight bound from the tables, no colours."""
+    """12 banks: a 9-bank SecAgg+ neighbourhood, the weight bound from the tables, no colours;
+    without SecAgg+ the coordinator receives each bank's update (so that the one-aggregate
+    assertion of test_simulation can fail)."""
     table, contract = load_embedded("lending_club")
     table.to_csv(tmp_path / "pooled.csv", index=False)
     contract.save(tmp_path / "contract.toml")
@@ -92,8 +94,11 @@ def test_many_banks_sparse_secagg_follows_the_data_and_prints_a_summary(tmp_path
     ids = [bank["id"] for bank in secure["banks"]]
     assert ids == sorted(ids, key=natural_key) and ids.index("bank-2") < ids.index("bank-10")
     assert stdout.index("bank-2 ") < stdout.index("bank-10 ")  # ≤ 20 banks: every row
+    assert all(len(r["received_update_sha256"]) == 1 for r in secure["rounds"])
+    plain = runs["plain"][1]
+    assert all(len(r["received_update_sha256"]) == 12 for r in plain["rounds"])
     # a sparse neighbourhood still aggregates the same model as plain FedAvg (quantization)
-    assert abs(secure["final"]["auc"] - runs["plain"][1]["final"]["auc"]) <= 0.005
+    assert abs(secure["final"]["auc"] - plain["final"]["auc"]) <= 0.005
 
 
 def test_a_worker_serving_many_banks_loads_each_table_once(tmp_path):

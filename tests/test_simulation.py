@@ -54,17 +54,10 @@ def test_coordinator_never_holds_an_individual_update_under_secure_aggregation(d
                 bank_updates.add(body["update_sha256"])
     assert len(bank_updates) == 5 * 3
     for round_record in metrics["rounds"]:
-        # every result the strategy saw carries the one aggregate, never a bank's update
+        # every result the strategy saw carries the one aggregate, never a bank's update (without
+        # SecAgg+ it carries each bank's: test_scale's 12-bank plain run shows this can fail)
         assert len(round_record["received_update_sha256"]) == 1
         assert not bank_updates & set(round_record["received_update_sha256"])
-
-
-def test_without_secure_aggregation_the_coordinator_sees_each_update(tmp_path):
-    plain = simulate(tmp_path / "plain", "--rounds", "2", "--no-dp", "--no-secure-aggregation")
-    secure = simulate(tmp_path / "secure", "--rounds", "2", "--no-dp")
-    # the test above can fail: without SecAgg+ the server receives every bank's update
-    assert all(len(r["received_update_sha256"]) == 5 for r in plain["rounds"])
-    assert abs(plain["final"]["auc"] - secure["final"]["auc"]) <= 0.005
 
 
 def test_a_bank_out_of_budget_drops_mid_round_and_the_run_goes_on(tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from fedrisk.errors import UserError
 
-class ConsortiumError(Exception):
+
+class ConsortiumError(UserError):
     """Provisioning or running the consortium failed; the message is one line."""
 
 

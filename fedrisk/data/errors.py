@@ -1,7 +1,9 @@
 """The one exception the data layer raises for user mistakes."""
 
+from fedrisk.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """A problem with a user's table, contract or arguments.
 
     ``str(error)`` is a single actionable line that names the file and column

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.numpy import load_file, save_file
 
+from fedrisk.errors import UserError
 from fedrisk.files import private_file
 from fedrisk.models.networks import ModelSpec, PDNetwork, build_model, set_model_arrays
 
@@ -26,7 +27,7 @@ _HEADER_LENGTH_BYTES = 8
 _FLOAT_DTYPES = ("F32", "F64")  # runs before float32 model files stored float64
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError, ValueError):
     """A model file that is not a valid fedrisk safetensors model; nothing in it was run."""
 
 

@@ -18,13 +18,15 @@ import numpy as np
 from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
+from fedrisk.errors import UserError
+
 History = list[tuple[float, float, int]]
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 # One accountant name, or several: ε is then the largest over them (the strictest).
 Accountants = str | Sequence[str]
 
 
-class PrivacyBudgetExceeded(RuntimeError):
+class PrivacyBudgetExceeded(UserError, RuntimeError):
     """A bank refused to train because the next round would exceed its ε budget."""
 
 

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from fedrisk.errors import UserError
 from fedrisk.privacy.keys import KeyFileError, load_public_key
 
 LEDGER_FORMAT = "fedrisk-ledger/1"
@@ -77,7 +78,7 @@ _LINE_TYPES: dict[str, type] = {
 }
 
 
-class LedgerError(Exception):
+class LedgerError(UserError):
     """The ledger cannot be used: broken chain, wrong bank/dataset/key, or a non-JSON body."""
 
 

@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from fedrisk.errors import UserError
 from fedrisk.files import PRIVATE_FILE_MODE, ensure_private_dir, fsync_dir, write_file_with_mode
 
 
-class KeyFileError(Exception):
+class KeyFileError(UserError):
     """A key file is missing, malformed or too permissive; the message is one actionable line."""
 
 

@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from fedrisk.config import RunConfig
+from fedrisk.errors import UserError
 
 POLICY_FILENAME = "bank-policy.toml"
 SAFE_ACCOUNTANTS = ("rdp", "prv")
@@ -61,7 +62,7 @@ SIZE_DISCLOSURES = ("dp", "public")
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError, ValueError):
     """The policy file is missing or invalid; the message names the file and the key."""
 
 

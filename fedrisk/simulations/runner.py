@@ -20,6 +20,7 @@ from fedrisk.data import (
     stratified_split,
     write_table,
 )
+from fedrisk.errors import UserError
 from fedrisk.files import ensure_private_dir, write_private_file
 from fedrisk.models import ModelSpec
 from fedrisk.privacy.policy import BankPolicy
@@ -31,7 +32,7 @@ log = logging.getLogger("fedrisk")
 REFUSALS_FILE = "refusals.json"  # written by the ServerApp when no bank accepted the run
 
 
-class SimulationError(RuntimeError):
+class SimulationError(UserError, RuntimeError):
     """The simulated run produced no result; the message (one line) says why."""
 
 
