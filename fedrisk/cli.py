@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Privacy-preserving federated credit-risk modeling.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Data contracts: draft, check and split bank tables.",
+data_app = typer.Typer(help="Data contracts: draft, check, split and synthesize bank tables.",
                        no_args_is_help=True)
 audit_app = typer.Typer(help="Verify ledgers and audit finished runs.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -438,6 +438,33 @@ def data_split(
                              seed=seed)
     for bank_id, path in paths.items():
         console.print(f"{bank_id}: {path}")
+
+
+SYNTHESIZE_HELP = (
+    "Synthesize a consortium-sized table for capacity planning: new rows like an embedded "
+    "public dataset (a Gaussian copula per class), under the same contract.\n\n"
+    "Fitted on the embedded public data only. It is a capacity-planning tool, not a privacy "
+    "mechanism: synthetic data fitted on a bank's own table would not be differentially "
+    "private and must not leave the bank."
+)
+
+
+@data_app.command("synthesize", help=SYNTHESIZE_HELP)
+def data_synthesize(
+    like: Annotated[str, typer.Option(help="Embedded public dataset to imitate: lending_club or "
+                                           "credit_data.")],
+    rows: Annotated[int, typer.Option(help="Number of rows to draw.")],
+    out: Annotated[Path, typer.Option(help="Directory for data.parquet and contract.toml.")],
+    seed: Annotated[int, typer.Option(help="Seed of the fit and the draw (same seed, same "
+                                           "bytes).")] = 0,
+) -> None:
+    """Write OUT/data.parquet and OUT/contract.toml (see SYNTHESIZE_HELP)."""
+    from fedrisk.data.synthetic import synthesize_like
+
+    written = synthesize_like(like, rows, out, seed)
+    console.print(f"wrote {written.data_path} ({written.n_rows:,} rows like {like}, "
+                  f"{written.default_rate:.1%} {written.positive_label}) and "
+                  f"{written.contract_path}", highlight=False)
 
 
 TrustedKeyOption = Annotated[Path | None, typer.Option(
