@@ -602,10 +602,13 @@ def _print_summary(metrics: dict, output_dir: Path, show_banks: bool = False) ->
     dp = metrics["privacy"] != "NON-PRIVATE baseline"
     banks = metrics["banks"]
     lifetime = dp and any(b.get("epsilon_lifetime") != b.get("epsilon") for b in banks)
-    columns = {"bank": "id", "train": "n_train", "test": "n_test", "local-only":
-               "local_only_auc", "global": "auc", "personalized": "personalized_auc"}
-    if not any(b.get("local_only_auc") is not None for b in banks):
-        del columns["local-only"]  # only with --baselines
+    columns = {"bank": "id", "train": "n_train", "test": "n_test",
+               "local-only DP" if dp else "local-only": "local_only_auc",
+               "local-only non-DP logistic": "local_only_nonprivate_auc", "global": "auc",
+               "personalized": "personalized_auc"}
+    for header, key in list(columns.items()):
+        if key.startswith("local_only") and all(b.get(key) is None for b in banks):
+            del columns[header]  # only with --baselines
     caption = "AUC of each model on the bank's own held-out split"
     if dp:
         columns |= {"ε": "epsilon", "ε eval": "epsilon_eval", "σ": "noise_multiplier",
@@ -633,8 +636,25 @@ def _print_summary(metrics: dict, output_dir: Path, show_banks: bool = False) ->
     if metrics["baselines"].get("centralized_auc") is not None:
         line += f"; centralized non-private AUC {_fmt(metrics['baselines']['centralized_auc'])}"
     console.print(line)
+    if metrics["baselines"].get("centralized_best_auc") is not None:
+        console.print(_references_line(metrics), highlight=False)
     console.print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'model.safetensors'}, "
                   f"{output_dir / 'training.png'}")
+
+
+def _references_line(metrics: dict) -> str:
+    """The non-private references of ``--baselines`` (simulation only) against the global model."""
+    refs = metrics["baselines"]
+    line = (f"non-private references (simulation only): centralized MLP "
+            f"{_fmt(refs['centralized_mlp_auc'])}, logistic "
+            f"{_fmt(refs['centralized_logistic_auc'])}, GBDT {_fmt(refs['centralized_gbdt_auc'])}")
+    pairs = [(b["auc"], b["local_only_nonprivate_auc"]) for b in metrics["banks"]
+             if all(isinstance(v, float) and np.isfinite(v)
+                    for v in (b.get("auc"), b.get("local_only_nonprivate_auc")))]
+    if pairs:
+        line += (f"; the global model beats a bank's own non-private logistic at "
+                 f"{sum(g > alone for g, alone in pairs)} of {len(pairs)} banks")
+    return line
 
 
 def _bank_table(banks: list[dict], columns: dict[str, str], title: str, caption: str) -> Table:

@@ -25,7 +25,12 @@ from fedrisk.files import ensure_private_dir, write_private_file
 from fedrisk.models import ModelSpec
 from fedrisk.privacy.policy import BankPolicy
 from fedrisk.server.secagg import weight_bound
-from fedrisk.simulations.baselines import Split, centralized_auc, local_only_auc
+from fedrisk.simulations.baselines import (
+    Split,
+    centralized_references,
+    local_only_auc,
+    local_only_nonprivate_auc,
+)
 from fedrisk.simulations.engine import run_flower_simulation
 
 log = logging.getLogger("fedrisk")
@@ -190,16 +195,21 @@ def bank_splits(banks: dict[str, pd.DataFrame], contract: Contract, policy: Bank
 
 def _add_baselines(metrics: dict, banks: dict[str, pd.DataFrame], contract: Contract,
                    policy: BankPolicy, config: RunConfig) -> None:
-    log.info("training baselines: centralized non-private and local-only per bank")
+    log.info("training baselines: centralized non-private (fedrisk model, logistic, GBDT), "
+             "local-only per bank (DP and non-private logistic)")
     splits = bank_splits(banks, contract, policy)
     spec = ModelSpec(config.model, contract.n_features, config.hidden_layers,
                      contract.prior_default_rate,
                      len(contract.grade_levels) if contract.grade else 0)
     local = {bank_id: local_only_auc(split, spec, config) for bank_id, split in splits.items()}
+    alone = {bank_id: local_only_nonprivate_auc(split, config.seed)
+             for bank_id, split in splits.items()}
     for bank in metrics["banks"]:
         bank["local_only_auc"] = local.get(bank["id"])
+        bank["local_only_nonprivate_auc"] = alone.get(bank["id"])
     metrics["baselines"] = {
-        "centralized_auc": centralized_auc(splits, spec, config),
+        **centralized_references(splits, spec, config),
         "local_only_auc_mean": sum(local.values()) / len(local),
         "local_only_private": config.dp,
+        "local_only_nonprivate_auc_mean": sum(alone.values()) / len(alone),
     }
