@@ -603,8 +603,8 @@ def _print_summary(metrics: dict, output_dir: Path, show_banks: bool = False) ->
     banks = metrics["banks"]
     lifetime = dp and any(b.get("epsilon_lifetime") != b.get("epsilon") for b in banks)
     columns = {"bank": "id", "train": "n_train", "test": "n_test",
-               "local-only DP" if dp else "local-only": "local_only_auc",
-               "local-only non-DP logistic": "local_only_nonprivate_auc", "global": "auc",
+               "local DP" if dp else "local": "local_only_auc",
+               "local LR": "local_only_nonprivate_auc", "global": "auc",
                "personalized": "personalized_auc"}
     for header, key in list(columns.items()):
         if key.startswith("local_only") and all(b.get(key) is None for b in banks):
@@ -615,6 +615,9 @@ def _print_summary(metrics: dict, output_dir: Path, show_banks: bool = False) ->
                     "δ<1/n": "delta_below_1_over_n"}
         caption += (", read off noisy DP histograms (± noise sd; small counts pull toward 0.5)"
                     if any(b.get("auc_noise_sd") for b in banks) else "")
+    if "local LR" in columns:
+        caption += (f"; local: the bank alone ({'DP at the run budget' if dp else 'no DP'}), "
+                    "LR: its non-private logistic regression (a simulation-only reference)")
     if lifetime:
         columns["ε lifetime"] = "epsilon_lifetime"
     title = f"fedrisk: {metrics['privacy']}"
@@ -654,13 +657,19 @@ def _references_line(metrics: dict) -> str:
     if pairs:
         line += (f"; the global model beats a bank's own non-private logistic at "
                  f"{sum(g > alone for g, alone in pairs)} of {len(pairs)} banks")
+        if any(b.get("auc_noise_sd") for b in metrics["banks"]):
+            line += " (by its noisy DP AUC)"
     return line
 
 
 def _bank_table(banks: list[dict], columns: dict[str, str], title: str, caption: str) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption)
-    for header in columns:
-        table.add_column(header, justify="left" if header == "bank" else "right")
+    for header, key in columns.items():
+        # a narrow terminal wraps headers, never cuts a bank's name or a figure
+        widest = max([len(word) for word in header.split()]
+                     + [len(_cell(bank, key)) for bank in banks])
+        table.add_column(header, justify="left" if header == "bank" else "right",
+                         min_width=widest)
     for bank in banks:
         table.add_row(*(_cell(bank, key) for key in columns.values()))
     return table

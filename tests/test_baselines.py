@@ -111,8 +111,9 @@ def test_the_summary_shows_local_non_private_beside_local_dp_and_the_references(
     finally:
         cli.console = original
     text = console.export_text()
-    header = next(line for line in text.splitlines() if "local-only DP" in line)
-    assert header.index("local-only DP") < header.index("local-only non-DP logistic")
+    header = next(line for line in text.splitlines() if "local DP" in line)
+    assert header.index("local DP") < header.index("local LR") < header.index("global")
+    assert "LR: its non-private logistic regression" in " ".join(text.split())
     west = next(line for line in text.splitlines() if line.strip().startswith("west"))
     assert f"{alone['west']:.3f}" in west
     refs = metrics["baselines"]
