@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 import typer
 from rich import box
 from rich.console import Console
@@ -27,6 +28,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(audit_app, name="audit")
 # Piped output gets 100 columns, so that the per-bank table is not truncated.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 100)
+SUMMARY_ABOVE = 20  # more banks than this: quantiles and the worst banks, not every row
+WORST_BANKS = 5
 errors = Console(stderr=True, soft_wrap=True)
 
 
@@ -70,6 +73,9 @@ def simulate(
     bank_policy: Annotated[Path | None, typer.Option(
         help="A bank privacy policy (TOML) applied to every simulated bank.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower and Ray logs.")] = False,
+    show_banks: Annotated[bool, typer.Option(
+        help=f"Print every bank's row (above {SUMMARY_ABOVE} banks: quantiles and the worst "
+             "banks).")] = False,
 ) -> None:
     """Simulate a consortium of banks training a default model with DP on one machine."""
     from fedrisk.simulations import SimulationRequest
@@ -86,7 +92,7 @@ def simulate(
     _show_progress(verbose)
     metrics = run_simulation(SimulationRequest(dataset, data, contract, split_by, banks,
                                                overrides, baselines, verbose, bank_policy))
-    _print_summary(metrics, output_dir)
+    _print_summary(metrics, output_dir, show_banks)
 
 
 @app.command()
@@ -304,6 +310,9 @@ def consortium_run_command(
     name: Annotated[str | None, typer.Option(
         help="Run folder under DIR/coordinator/runs (default: a timestamp).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before the run is stopped.")] = 3600.0,
+    show_banks: Annotated[bool, typer.Option(
+        help=f"Print every bank's row (above {SUMMARY_ABOVE} banks: quantiles and the worst "
+             "banks).")] = False,
 ) -> None:
     """Submit a training run with `flwr run`, stream it, and fail unless it completed."""
     from fedrisk.consortium import consortium_run
@@ -316,7 +325,7 @@ def consortium_run_command(
     metrics = consortium_run(directory, overrides, name=name, timeout=timeout,
                              echo=lambda line: console.print(line, markup=False,
                                                              highlight=False))
-    _print_summary(metrics, Path(metrics["config"]["output-dir"]))
+    _print_summary(metrics, Path(metrics["config"]["output-dir"]), show_banks)
 
 
 @consortium_app.command("approve")
@@ -542,36 +551,50 @@ def _parse_run_config(text: str | None) -> dict[str, str]:
 
 
 def _show_progress(verbose: bool) -> None:
-    """Show fedrisk's progress lines; Flower's own INFO chatter only with --verbose."""
+    """Show fedrisk's progress lines; Flower's own INFO chatter only with --verbose.
+
+    Flower colours its log level names; written to a file or a pipe, the colour codes
+    would be noise, so they are on only when stderr (where the lines go) is a terminal.
+    """
+    from flwr.common.logger import update_console_handler
+
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.propagate = False  # Ray's root handler would print every line twice
+    update_console_handler(colored=sys.stderr.isatty())
     if verbose:
         return
     for handler in flwr_logger.handlers:
         handler.addFilter(lambda r: r.levelno >= logging.WARNING or "fedrisk" in r.pathname)
 
 
-def _print_summary(metrics: dict, output_dir: Path) -> None:
+def _print_summary(metrics: dict, output_dir: Path, show_banks: bool = False) -> None:
+    """The per-bank table (above SUMMARY_ABOVE banks: quantiles and the worst banks)."""
     dp = metrics["privacy"] != "NON-PRIVATE baseline"
-    lifetime = dp and any(b.get("epsilon_lifetime") != b.get("epsilon") for b in metrics["banks"])
+    banks = metrics["banks"]
+    lifetime = dp and any(b.get("epsilon_lifetime") != b.get("epsilon") for b in banks)
     columns = {"bank": "id", "train": "n_train", "test": "n_test", "local-only":
                "local_only_auc", "global": "auc", "personalized": "personalized_auc"}
-    if not any(b.get("local_only_auc") is not None for b in metrics["banks"]):
+    if not any(b.get("local_only_auc") is not None for b in banks):
         del columns["local-only"]  # only with --baselines
     caption = "AUC of each model on the bank's own held-out split"
     if dp:
         columns |= {"ε": "epsilon", "ε eval": "epsilon_eval", "σ": "noise_multiplier",
                     "δ<1/n": "delta_below_1_over_n"}
         caption += (", read off noisy DP histograms (± noise sd; small counts pull toward 0.5)"
-                    if any(b.get("auc_noise_sd") for b in metrics["banks"]) else "")
+                    if any(b.get("auc_noise_sd") for b in banks) else "")
     if lifetime:
         columns["ε lifetime"] = "epsilon_lifetime"
-    table = Table(title=f"fedrisk: {metrics['privacy']}", box=box.SIMPLE_HEAD, caption=caption)
-    for header in columns:
-        table.add_column(header, justify="left" if header == "bank" else "right")
-    for bank in metrics["banks"]:
-        table.add_row(*(_cell(bank, key) for key in columns.values()))
-    console.print(table)
+    title = f"fedrisk: {metrics['privacy']}"
+    if len(banks) > SUMMARY_ABOVE and not show_banks:
+        console.print(_quantile_table(banks, columns, title))
+        worst = sorted((b for b in banks if isinstance(b.get("auc"), float)),
+                       key=lambda b: b["auc"])[:WORST_BANKS]
+        console.print(_bank_table(worst, columns, f"the {len(worst)} banks with the lowest "
+                                                  "global AUC", caption))
+        console.print(f"{len(banks)} banks: --show-banks prints every bank (all are in "
+                      f"{output_dir / 'metrics.json'})", highlight=False)
+    else:
+        console.print(_bank_table(banks, columns, title, caption))
     final = metrics["final"]
     line = f"consortium AUC {_cell(final, 'auc')}"
     if final.get("personalized_auc") is not None and final.get("auc_noise_sd"):
@@ -582,6 +605,35 @@ def _print_summary(metrics: dict, output_dir: Path) -> None:
     console.print(line)
     console.print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'model.safetensors'}, "
                   f"{output_dir / 'training.png'}")
+
+
+def _bank_table(banks: list[dict], columns: dict[str, str], title: str, caption: str) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption)
+    for header in columns:
+        table.add_column(header, justify="left" if header == "bank" else "right")
+    for bank in banks:
+        table.add_row(*(_cell(bank, key) for key in columns.values()))
+    return table
+
+
+def _quantile_table(banks: list[dict], columns: dict[str, str], title: str) -> Table:
+    """One row per numeric column: its minimum, 10%, median, 90% and maximum over banks."""
+    levels = {"min": 0.0, "10%": 0.1, "median": 0.5, "90%": 0.9, "max": 1.0}
+    table = Table(title=f"{title}: {len(banks)} banks", box=box.SIMPLE_HEAD,
+                  caption="each figure's distribution over banks (AUCs on each bank's own "
+                          "held-out split)")
+    table.add_column("", justify="left")
+    for level in levels:
+        table.add_column(level, justify="right")
+    for header, key in columns.items():
+        values = [b[key] for b in banks if isinstance(b.get(key), int | float)
+                  and not isinstance(b.get(key), bool)]
+        if not values:
+            continue
+        quantiles = np.quantile(np.asarray(values, dtype=float), list(levels.values()))
+        integers = all(isinstance(v, int) for v in values)
+        table.add_row(header, *(f"{q:,.0f}" if integers else f"{q:.3f}" for q in quantiles))
+    return table
 
 
 def _cell(record: dict, key: str) -> str:

@@ -56,12 +56,16 @@ class RunConfig:
             no record (``fedrisk simulate`` and ``consortium run`` set one).
         secure_aggregation: Flower SecAgg+; the coordinator sees only the sum of updates.
         secagg_num_shares / secagg_reconstruction_threshold: SecAgg+ secret sharing; a
-            value ≤ 1 is a fraction of the sampled banks (1.0 = every bank holds a share),
-            an integer > 2 an absolute count. The threshold is how many shares rebuild a
-            dropped bank's mask: higher is safer against collusion, lower tolerates
-            more dropouts.
-        secagg_max_weight: must be ≥ the largest bank's train size; updates are scaled by
-            n/max_weight before quantization, so a much larger value loses precision.
+            value ≤ 1 is a fraction of the sampled banks (1.0 = every bank holds a share
+            of every bank's secrets), an integer > 2 an absolute count; 0 (the default):
+            every bank up to 10 banks, then a neighbourhood of 2⌈log₂ n⌉ + 1 banks. The
+            threshold is how many shares rebuild a dropped bank's mask: higher is safer
+            against collusion, lower tolerates more dropouts.
+        secagg_max_weight: must be ≥ the largest bank's published train size; updates are
+            scaled by n/max_weight before quantization, so a much larger value loses
+            precision. 0 (the default): follow the data (``fedrisk simulate``: a power of
+            two above the largest table; a deployment: above the largest size banks have
+            published in the run).
     """
 
     dataset: str = "lending_club"
@@ -98,9 +102,9 @@ class RunConfig:
     bank_state_dir: str = ""
     ledger_heads_file: str = ""
     secure_aggregation: bool = True
-    secagg_num_shares: float = 1.0
+    secagg_num_shares: float = 0.0
     secagg_reconstruction_threshold: float = 0.6
-    secagg_max_weight: float = 10000.0
+    secagg_max_weight: float = 0.0
     secagg_clipping_range: float = 8.0
     secagg_quantization_range: int = 4194304
     secagg_timeout: float = 0.0
@@ -179,10 +183,12 @@ class RunConfig:
                  f"must be between 2 and {MAX_HISTOGRAM_BINS}")
         _require(self.eval_logit_low < self.eval_logit_high, "eval-logit-low",
                  "must be below eval-logit-high")
-        _require(self.secagg_num_shares > 0, "secagg-num-shares", "must be positive")
+        _require(self.secagg_num_shares >= 0, "secagg-num-shares",
+                 "must be 0 (follow the consortium's size) or positive")
         _require(self.secagg_reconstruction_threshold > 0, "secagg-reconstruction-threshold",
                  "must be positive")
-        _require(self.secagg_max_weight > 0, "secagg-max-weight", "must be positive")
+        _require(self.secagg_max_weight >= 0, "secagg-max-weight",
+                 "must be 0 (follow the data) or positive")
         try:
             layers = self.hidden_layers
         except ValueError:

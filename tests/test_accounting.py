@@ -1,10 +1,13 @@
 """Record-level DP accounting: composition over rounds, calibration, refusal."""
 
+import time
+
 import pytest
 from opacus.accountants import RDPAccountant
 
 from fedrisk.privacy.accounting import (
     PrivacyBudgetExceeded,
+    _calibrate,
     check_budget,
     compose_epsilon,
     plan_schedule,
@@ -53,3 +56,30 @@ def test_calibration_accounts_for_spend_of_earlier_runs():
 
 def test_zero_noise_is_infinite_epsilon():
     assert compose_epsilon([(0.0, 0.04, 10)], DELTA) == float("inf")
+
+
+def test_composition_merges_repeated_mechanisms_exactly_whatever_the_history_length():
+    schedule = plan_schedule(1540, 64, 1, 5, 3.0, DELTA)
+    step = (schedule.noise_multiplier, schedule.sample_rate, schedule.steps_per_round)
+    history = [step] * 300 + [(7.0, 1.0, 1)] * 3  # 300 rounds and 3 evaluation releases
+    start = time.perf_counter()
+    epsilon = compose_epsilon(history, DELTA)
+    elapsed = time.perf_counter() - start
+    one_accountant = RDPAccountant()
+    one_accountant.history = [(step[0], step[1], 300 * step[2]), (7.0, 1.0, 3)]
+    assert epsilon == pytest.approx(one_accountant.get_epsilon(DELTA), rel=1e-9)
+    assert compose_epsilon(history[::-1], DELTA) == epsilon  # order does not matter
+    assert elapsed < 1.0  # was about 60 ms per entry: 18 s for this history
+    prv = compose_epsilon(history[:40] + history[-1:], DELTA, "prv")
+    tracker = RDPAccountant()  # PRV of the merged history is an upper bound near RDP's
+    tracker.history = [(step[0], step[1], 40 * step[2]), (7.0, 1.0, 1)]
+    assert 0 < prv <= tracker.get_epsilon(DELTA)
+
+
+def test_a_plan_is_computed_once_per_process_for_the_same_inputs():
+    first = plan_schedule(1777, 64, 2, 5, 2.5, DELTA, personalization_epochs=1)
+    misses = _calibrate.cache_info().misses
+    again = plan_schedule(1777, 64, 2, 5, 2.5, DELTA, personalization_epochs=1)
+    assert again == first and _calibrate.cache_info().misses == misses
+    other = plan_schedule(2400, 64, 2, 5, 2.5, DELTA, personalization_epochs=1)
+    assert _calibrate.cache_info().misses == misses + 1 and other != first

@@ -6,6 +6,7 @@ real DP-SGD path, signed ledgers, metrics.json) is written in the run-dir layout
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,10 @@ import pytest
 import torch
 from conftest import run_cli
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from opacus import PrivacyEngine
-from opacus.data_loader import DPDataLoader
-from opacus.optimizers.optimizer import DPOptimizer
 from scipy.stats import binomtest
 
+import fedrisk.privacy.clipping as clipping_module
+import fedrisk.privacy.dpsgd as dpsgd_module
 from fedrisk.audit import AuditSettings, build_audit, merge_bank_parts
 from fedrisk.audit.bank import _verdict, bank_audit
 from fedrisk.audit.canary import (
@@ -184,12 +184,12 @@ def test_implementation_check_passes_on_a_correct_dp_path():
 
 
 def test_catches_noise_multiplier_zero(monkeypatch):
-    original = PrivacyEngine.make_private
+    original = dpsgd_module.add_noise
 
-    def no_noise(self, **kwargs):
-        return original(self, **{**kwargs, "noise_multiplier": 0.0})
+    def no_noise(flat_grad, std, expected_batch_size, rng):
+        original(flat_grad, 0.0, expected_batch_size, rng)
 
-    monkeypatch.setattr(PrivacyEngine, "make_private", no_noise)
+    monkeypatch.setattr(dpsgd_module, "add_noise", no_noise)
     assert not check_noise(bank_training_path(), SIGMA, CLIP)["passed"]
 
 
@@ -198,45 +198,32 @@ def test_catches_a_configured_noise_multiplier_of_zero():
 
 
 def test_catches_huge_max_grad_norm(monkeypatch):
-    original = PrivacyEngine.make_private
+    original = dpsgd_module.train_locally
 
-    def no_clip(self, **kwargs):
-        return original(self, **{**kwargs, "max_grad_norm": 1e9})
+    def no_clip(model, features, labels, settings, *args, **kwargs):
+        return original(model, features, labels, replace(settings, max_grad_norm=1e9), *args,
+                        **kwargs)
 
-    monkeypatch.setattr(PrivacyEngine, "make_private", no_clip)
+    monkeypatch.setattr(dpsgd_module, "train_locally", no_clip)
     assert not check_clipping(bank_training_path(), SIGMA, CLIP)["passed"]
     assert not check_noise(bank_training_path(), SIGMA, CLIP)["passed"]  # σ·1e9 is not σ·C
 
 
-def test_catches_an_optimizer_that_does_not_clip(monkeypatch):
-    def sum_unclipped(self):
-        for p in self.params:
-            sample = p.grad_sample[0] if isinstance(p.grad_sample, list) else p.grad_sample
-            grad = sample.sum(0)
-            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
-
-    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", sum_unclipped)
+def test_catches_a_path_that_does_not_clip(monkeypatch):
+    monkeypatch.setattr(clipping_module, "clip_factors", lambda norms, _: torch.ones_like(norms))
     assert not check_clipping(bank_training_path(), SIGMA, CLIP)["passed"]
 
 
 def test_catches_fixed_size_batches(monkeypatch):
-    original = PrivacyEngine.make_private
+    def shuffled(n, sample_rate, rng):
+        return torch.from_numpy(rng.permutation(n)[:round(n * sample_rate)])
 
-    def shuffled(self, **kwargs):
-        return original(self, **{**kwargs, "poisson_sampling": False})
-
-    monkeypatch.setattr(PrivacyEngine, "make_private", shuffled)
+    monkeypatch.setattr(dpsgd_module, "poisson_batch", shuffled)
     assert "poisson_sampling" in _failed(check_poisson(bank_training_path(), SIGMA, CLIP))
 
 
 def test_catches_sampling_seeded_from_a_public_seed(monkeypatch):
-    original = DPDataLoader.from_data_loader.__func__
-
-    def seeded(cls, data_loader, **kwargs):
-        return original(cls, data_loader, **{**kwargs,
-                                             "generator": torch.Generator().manual_seed(0)})
-
-    monkeypatch.setattr(DPDataLoader, "from_data_loader", classmethod(seeded))
+    monkeypatch.setattr(dpsgd_module, "secret_generator", lambda: np.random.default_rng(0))
     assert _failed(check_poisson(bank_training_path(), SIGMA, CLIP)) == {"sampling_secret"}
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +163,9 @@ def bank_for_context(context: Context) -> Bank:
     return _cached_bank(resolve_source(dict(context.node_config), config), config)
 
 
-@lru_cache(maxsize=8)
+@cache
 def _cached_bank(source: BankSource, config: RunConfig) -> Bank:
-    # Simulation reuses client processes across rounds: read and encode the table once.
+    # A simulation worker serves many banks, every round: each bank's table is read,
+    # checked and encoded (and its ledger verified) once per process and run, however
+    # many banks the worker serves (a bounded cache would reload them every message).
     return load_bank(source, config)

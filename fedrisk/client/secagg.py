@@ -34,7 +34,17 @@ X's two shares: two disjoint groups of t among X's ``share_num`` holders exist o
 instead needs t listings for each of X's n - 1 partners (X masks with all of them, checked
 at collect), (n - 1)·t in all, while each of the n holders lists at most n - t dropped:
 (n - 1)·t > n·(n - t) whenever t > n/2. This counts a full SecAgg+ graph (every bank a
-neighbour: fedrisk's ``secagg-num-shares = 1.0``); a sparse graph leaves a smaller margin.
+neighbour, as ``secagg-num-shares = 1.0`` asks and the default does up to 10 banks).
+
+Above 10 banks the default neighbourhood is ``k = 2⌈log₂ n⌉ + 1`` banks (SecAgg+'s
+sparse graph; ``fedrisk.server.secagg``), with ``t > k/2`` of them needed to rebuild a
+secret. What still holds per bank: its two secrets are never both released (``t > k/2``,
+whatever the graph); a round survives up to ``k - t`` dropouts in each neighbourhood; a
+coordinator that follows the protocol learns one bank's update only with ``t`` of that
+bank's ``k`` neighbours colluding. What no longer holds: the partner-stripping count,
+since X's ``k - 1`` partners are now far fewer than the banks that can list them
+dropped; so against a coordinator that shows banks different lists, record-level DP is
+the guarantee above 10 banks (set ``secagg-num-shares = 1.0`` to keep the full graph).
 
 What no check here can catch: Flower's SecAgg+ does not authenticate public keys. A
 coordinator that substitutes its own keys for other banks' keys, or that registers

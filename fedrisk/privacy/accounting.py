@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from opacus.accountants import create_accountant
+import numpy as np
+from opacus.accountants import RDPAccountant, create_accountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 
 History = list[tuple[float, float, int]]
 ACCOUNTANTS = ("rdp", "prv", "gdp")
@@ -65,21 +67,50 @@ def compose_epsilon(history: Sequence[tuple[float, float, int]], delta: float,
             ``"prv"`` (tighter numerically) or ``"gdp"`` (asymptotic, can underestimate);
             or several, in which case ε is the largest of them.
 
+    Entries with the same ``(noise_multiplier, sample_rate)`` are one mechanism run
+    ``steps`` times, so they are merged (as Opacus' accountants merge consecutive
+    steps): the cost grows with the distinct mechanisms, not with rounds or runs. RDP
+    sums each mechanism's RDP curve, computed once per ``(σ, q)`` with Opacus' analysis.
+
     """
     if not history:
         return 0.0
     if any(sigma <= 0 for sigma, _, _ in history):
         return math.inf
     names = (accountant,) if isinstance(accountant, str) else tuple(accountant)
-    steps = tuple((float(s), float(q), int(k)) for s, q, k in history)
-    return max(_epsilon(steps, float(delta), name) for name in names)
+    merged = merge_history(history)
+    return max(_epsilon(merged, float(delta), name) for name in names)
+
+
+def merge_history(history: Sequence[tuple[float, float, int]]
+                  ) -> tuple[tuple[float, float, int], ...]:
+    """``history`` with the steps of each ``(σ, q)`` added up, in a canonical order."""
+    steps: dict[tuple[float, float], int] = {}
+    for sigma, rate, count in history:
+        key = (float(sigma), float(rate))
+        steps[key] = steps.get(key, 0) + int(count)
+    return tuple((sigma, rate, count) for (sigma, rate), count in sorted(steps.items()))
 
 
 @lru_cache(maxsize=4096)
 def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
+    if accountant == "rdp":
+        curve = sum(count * _rdp_curve(sigma, rate) for sigma, rate, count in history)
+        epsilon, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS,
+                                                    rdp=curve, delta=delta)
+        return float(epsilon)
     tracker = create_accountant(accountant)
     tracker.history = list(history)
     return float(tracker.get_epsilon(delta))
+
+
+@lru_cache(maxsize=8192)
+def _rdp_curve(sigma: float, rate: float) -> np.ndarray:
+    """RDP of one step of the subsampled Gaussian at Opacus' default orders (read-only)."""
+    curve = rdp_analysis.compute_rdp(q=rate, noise_multiplier=sigma, steps=1,
+                                     orders=RDPAccountant.DEFAULT_ALPHAS)
+    curve.setflags(write=False)
+    return curve
 
 
 def calibrate_noise_multiplier(
@@ -96,7 +127,20 @@ def calibrate_noise_multiplier(
     Returns σ such that ε(prior + ``steps`` steps at σ and ``sample_rate``) ≤ ``target_epsilon``
     and is within ``tolerance`` of it. Raises :class:`PrivacyBudgetExceeded` when the
     prior history alone already spends the budget.
+
+    The bisection runs once per process for the same inputs (prior history merged as in
+    :func:`compose_epsilon`): every bank re-plans each round and each evaluation, and
+    gets its σ from the cache after the first time.
     """
+    names = (accountant,) if isinstance(accountant, str) else tuple(accountant)
+    return _calibrate(float(target_epsilon), float(target_delta), float(sample_rate),
+                      int(steps), merge_history(prior_history), names, float(tolerance))
+
+
+@lru_cache(maxsize=1024)
+def _calibrate(target_epsilon: float, target_delta: float, sample_rate: float, steps: int,
+               prior_history: tuple[tuple[float, float, int], ...], accountant: tuple[str, ...],
+               tolerance: float) -> float:
     spent = compose_epsilon(prior_history, target_delta, accountant)
     if spent >= target_epsilon:
         raise PrivacyBudgetExceeded(

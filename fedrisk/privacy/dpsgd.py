@@ -1,24 +1,41 @@
-"""DP-SGD of one bank with Opacus (Poisson sampling, per-record clipping, Gaussian noise).
+"""DP-SGD of one bank on tensor batches: Poisson sampling, per-record clipping, Gaussian noise.
 
-The same functions train the federated rounds, the personalization phase, the
+The same function trains the federated rounds, the personalization phase, the
 local-only baselines, the centralized reference and the audit's reference models,
 so every comparison is like for like and the audit checks the mechanism banks run.
+
+One DP step, exactly Opacus' DP-SGD (Poisson ``DPDataLoader`` + ``DPOptimizer``):
+
+1. **Poisson sampling**: every record joins the batch independently with probability
+   ``q`` (:func:`poisson_batch`), from a generator seeded by the OS entropy pool;
+2. **per-record clipping**: each record's gradient is scaled to L2 norm at most C
+   and the clipped gradients are summed (:mod:`fedrisk.privacy.clipping`: one backward
+   pass, no per-record gradient materialized);
+3. **Gaussian noise**: ``N(0, σ²C²)`` on every coordinate of the sum, from the same
+   secret generator, then division by the expected batch size ``q·n``;
+4. an SGD (momentum) step, and the step is recorded in Opacus' RDP accountant, whose
+   history ``(σ, q, steps)`` is what the bank charges.
+
+Batches are index tensors into the bank's rows (no ``DataLoader``): that, and
+clipping without a second backward pass, make DP-SGD cost about as much as plain
+SGD on these small networks (``benchmarks/dp_throughput.py``).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.optimizers import DPOptimizer
+from opacus.accountants import RDPAccountant
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from fedrisk.privacy.accounting import DPSchedule
+from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch
+from fedrisk.privacy.clipping import LinearRecordGradients
 
 
 @dataclass(frozen=True)
@@ -28,7 +45,7 @@ class TrainingSettings:
     Attributes:
         local_epochs: passes over the bank's train split per round (in expectation under
             Poisson sampling).
-        batch_size: expected batch size; sets the sampling rate ``batch_size / n``.
+        batch_size: expected batch size; sets the sampling rate ``1 / ⌈n / batch_size⌉``.
         learning_rate / momentum: SGD settings.
         max_grad_norm: L2 bound each record's gradient is clipped to (DP sensitivity).
         proximal_mu: FedProx proximal term weight (0 = plain FedAvg local training).
@@ -49,7 +66,8 @@ class TrainingResult:
 
     Attributes:
         steps: optimizer steps actually taken (must equal the planned steps under DP).
-        mean_loss: mean training loss over the phase (a scalar; safe to report).
+        mean_loss: mean loss per record over the phase (never leaves the bank: it is not
+            a DP statistic).
         history: the Opacus accountant history after training (empty without DP).
 
     """
@@ -75,85 +93,171 @@ def train_locally(
     jointly; each record's *combined* gradient is clipped, so the DP guarantee covers
     both heads at once.
 
-    With a ``schedule``, trains with DP-SGD: each step samples every record
-    independently with probability ``schedule.sample_rate``, clips each record's
-    gradient to ``settings.max_grad_norm`` and adds Gaussian noise of std
-    ``schedule.noise_multiplier × max_grad_norm``; the result carries the accountant
-    history of exactly these steps. Without a schedule, trains without privacy
-    (shuffled mini-batches), for labelled non-private baselines only.
+    With a ``schedule``, trains with DP-SGD: ``local_epochs × ⌈n / batch_size⌉`` steps,
+    each on a Poisson sample at rate ``schedule.sample_rate`` (which must be
+    ``1 / ⌈n / batch_size⌉``, as planned), each record's gradient clipped to
+    ``settings.max_grad_norm``, Gaussian noise of std ``schedule.noise_multiplier ×
+    max_grad_norm``; the result carries the accountant history of exactly these steps.
+    Without a schedule, trains without privacy (shuffled mini-batches, the batch
+    gradient clipped for stability), for labelled non-private baselines only.
 
-    Under DP, Poisson sampling and noise are seeded from the OS entropy pool, never
-    from ``seed``: anyone who knows the run config could otherwise regenerate the
-    noise and subtract it. (Opacus' ``secure_mode`` needs ``torchcsprng``, which has
-    no build for current torch.) DP runs are therefore not bit-reproducible; ``seed``
-    makes non-private training reproducible.
+    Under DP, Poisson sampling and noise come from a generator seeded by the OS entropy
+    pool, never from ``seed``: anyone who knows the run config could otherwise recompute
+    the batches and subtract the noise. DP runs are therefore not bit-reproducible;
+    ``seed`` makes non-private training reproducible.
     """
-    # Under DP every source of randomness is secret: sampling and noise.
-    randomness_seed = secrets.randbits(63) if schedule is not None else seed
-    torch.manual_seed(randomness_seed)
-    targets = [torch.from_numpy(features), torch.from_numpy(labels)]
-    if grades is not None:
-        targets.append(torch.from_numpy(grade_targets(grades, model.spec.n_grades)))
-    dataset = TensorDataset(*targets)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(randomness_seed))
+    rows = TrainingRows(model, features, labels, grades)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
                                 momentum=settings.momentum)
     anchor = [p.detach().clone() for p in model.parameters()]
     model.train()
-    engine = None
-    with warnings.catch_warnings():
-        # Opacus warns that its (torchcsprng) secure RNG is off, see above; torch warns
-        # that backward hooks fire on inputs without gradients, which is expected.
-        warnings.filterwarnings("ignore", message="Secure RNG turned off")
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        if schedule is not None:
-            engine = PrivacyEngine(accountant="rdp")
-            model, optimizer, loader = engine.make_private(
-                module=model, optimizer=optimizer, data_loader=loader,
-                noise_multiplier=schedule.noise_multiplier,
-                max_grad_norm=settings.max_grad_norm, poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(secrets.randbits(63)),
-            )
-        steps, total_loss = _run_epochs(model, optimizer, loader, settings, anchor)
-    history = list(engine.accountant.history) if engine is not None else []
-    return TrainingResult(steps=steps, mean_loss=total_loss / max(steps, 1), history=history)
+    with _one_thread():
+        if schedule is None:
+            return _train_plain(model, rows, optimizer, settings, anchor, seed)
+        return _train_private(model, rows, optimizer, settings, anchor, schedule)
 
 
-def _run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                settings: TrainingSettings, anchor: list[torch.Tensor]) -> tuple[int, float]:
-    criterion = nn.BCEWithLogitsLoss()
-    model.train()
-    steps, total_loss = 0, 0.0
-    for _ in range(settings.local_epochs):
-        for batch in loader:
-            optimizer.zero_grad()
-            loss = _batch_loss(model, batch, criterion)
-            loss.backward()
-            if not isinstance(optimizer, DPOptimizer):
-                # Non-private baselines clip the batch gradient to the same norm, for
-                # stability at the DP learning rate (no privacy meaning).
-                nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one thread: these networks' operations are too small to split.
+
+    Each step is a few dozen tiny operations, so per-operation overhead dominates and
+    more threads only add synchronization; on a machine running several banks (or a
+    bank beside other work) idle-spinning threads slowed steps by 10-30×.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class TrainingRows:
+    """A bank's training rows as tensors, and the loss of each record of a batch.
+
+    ``targets`` holds per record the default label and, with a grade head, the grade
+    target on the 0 (best) … 1 (worst) scale and whether the grade is known, so that a
+    batch is two row gathers.
+    """
+
+    def __init__(self, model: nn.Module, features: np.ndarray, labels: np.ndarray,
+                 grades: np.ndarray | None) -> None:
+        self.model = model
+        self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        columns = [np.asarray(labels, dtype=np.float32)]
+        if grades is not None:
+            scale = grade_targets(grades, model.spec.n_grades)
+            columns += [np.maximum(scale, 0.0), (scale >= 0).astype(np.float32)]
+        self.targets = torch.from_numpy(np.stack(columns, axis=1))
+        self.with_grade = grades is not None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def record_losses(self, rows: torch.Tensor) -> torch.Tensor:
+        """One loss per selected record: BCE of the PD head, plus the grade head's error."""
+        features = self.features.index_select(0, rows)
+        targets = self.targets.index_select(0, rows)
+        if not self.with_grade:
+            return nn.functional.binary_cross_entropy_with_logits(
+                self.model(features), targets[:, 0], reduction="none")
+        logits, scores = self.model(features, with_grade=True)
+        # Squared error on the grade scale; records of unknown grade (weight 0) add nothing.
+        grade_error = targets[:, 2] * (scores - targets[:, 1]).square()
+        return nn.functional.binary_cross_entropy_with_logits(
+            logits, targets[:, 0], reduction="none") + grade_error
+
+
+def _train_private(model: nn.Module, rows: TrainingRows, optimizer: torch.optim.Optimizer,
+                   settings: TrainingSettings, anchor: list[torch.Tensor],
+                   schedule: DPSchedule) -> TrainingResult:
+    n, per_epoch = len(rows), steps_per_epoch(len(rows), settings.batch_size)
+    rate = schedule.sample_rate
+    if not math.isclose(rate, 1 / per_epoch, rel_tol=1e-12):
+        raise ValueError(f"schedule's sample rate {rate:g} is not 1/{per_epoch}, the rate of "
+                         f"batch size {settings.batch_size} over {n} records")
+    rng = secret_generator()
+    accountant = RDPAccountant()
+    noise_std = schedule.noise_multiplier * settings.max_grad_norm
+    steps, loss_sum, seen = 0, torch.zeros(()), 0
+    with LinearRecordGradients(model) as per_record:
+        for _ in range(settings.local_epochs * per_epoch):
+            batch = poisson_batch(n, rate, rng)
+            losses = rows.record_losses(batch)
+            per_record.clipped_sum(losses, settings.max_grad_norm)
+            add_noise(per_record.flat_grad, noise_std, n * rate, rng)
             optimizer.step()
-            if settings.proximal_mu > 0:
-                _proximal_step(model, anchor, settings.learning_rate * settings.proximal_mu)
-            steps += 1
-            total_loss += float(loss.detach())
-    return steps, total_loss
+            accountant.step(noise_multiplier=schedule.noise_multiplier, sample_rate=rate)
+            _proximal_step(model, anchor, settings)
+            steps, loss_sum, seen = steps + 1, loss_sum + losses.detach().sum(), seen + len(batch)
+    return TrainingResult(steps, float(loss_sum) / max(seen, 1), list(accountant.history))
 
 
-def _batch_loss(model: nn.Module, batch: list[torch.Tensor], criterion: nn.Module
-                ) -> torch.Tensor:
-    if len(batch) == 3:
-        logits, scores = model(batch[0], with_grade=True)
-        known = (batch[2] >= 0).float()
-        grade_loss = (known * (scores - batch[2].clamp(min=0)) ** 2).mean()
-    else:
-        logits, grade_loss = model(batch[0]), 0.0
-    if len(batch[1]) == 0:
-        # An empty Poisson batch is still a DP step: the optimizer then adds pure noise.
-        return logits.sum() + (scores.sum() if len(batch) == 3 else 0.0)
-    return criterion(logits, batch[1]) + grade_loss
+def _train_plain(model: nn.Module, rows: TrainingRows, optimizer: torch.optim.Optimizer,
+                 settings: TrainingSettings, anchor: list[torch.Tensor],
+                 seed: int) -> TrainingResult:
+    generator = torch.Generator().manual_seed(seed)
+    steps, loss_sum = 0, torch.zeros(())
+    for _ in range(settings.local_epochs):
+        for batch in torch.randperm(len(rows), generator=generator).split(settings.batch_size):
+            optimizer.zero_grad()
+            loss = rows.record_losses(batch).mean()
+            loss.backward()
+            # Non-private baselines clip the batch gradient to the same norm, for
+            # stability at the DP learning rate (no privacy meaning).
+            nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            _proximal_step(model, anchor, settings)
+            steps, loss_sum = steps + 1, loss_sum + loss.detach()
+    return TrainingResult(steps, float(loss_sum) / max(steps, 1), [])
+
+
+def secret_generator() -> np.random.Generator:
+    """A generator seeded with 128 bits from the OS entropy pool (DP sampling and noise)."""
+    return np.random.default_rng(secrets.randbits(128))
+
+
+def poisson_batch(n: int, sample_rate: float, rng: np.random.Generator) -> torch.Tensor:
+    """Indices of a Poisson sample: each of ``n`` records is in it independently w.p. ``q``.
+
+    This is the Bernoulli mask ``u < q`` over all ``n`` records, drawn by its gaps: the
+    gaps between successive selected records of independent Bernoulli(q) trials are
+    independent Geometric(q) variables, so cumulative sums of geometric draws give
+    exactly the selected indices, at O(batch) instead of O(n) random numbers per step.
+    """
+    if sample_rate >= 1:
+        return torch.arange(n)
+    expected = n * sample_rate
+    return torch.from_numpy(bernoulli_positions(n, sample_rate, rng,
+                                                int(expected + 4 * math.sqrt(expected) + 16)))
+
+
+def bernoulli_positions(n: int, sample_rate: float, rng: np.random.Generator,
+                        chunk: int) -> np.ndarray:
+    """Sorted positions below ``n`` of the successes of Bernoulli trials, ``chunk`` gaps at a time.
+
+    Draws geometric gaps until the last success passes ``n - 1``, so no position below
+    ``n`` is left undecided whatever ``chunk`` is (it only sets how many are drawn at once).
+    """
+    parts, last = [], -1
+    while last < n - 1:
+        positions = last + np.cumsum(rng.geometric(sample_rate, size=chunk))
+        parts.append(positions)
+        last = int(positions[-1])
+    positions = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return positions[:np.searchsorted(positions, n)]
+
+
+def add_noise(flat_grad: torch.Tensor, std: float, expected_batch_size: float,
+              rng: np.random.Generator) -> None:
+    """Add ``N(0, std²)`` to every coordinate of the clipped sum, then average over ``q·n``.
+
+    ``std`` is ``σ·C``; dividing by the *expected* batch size (not the sampled one, which
+    depends on the data) is Opacus' ``DPOptimizer.scale_grad`` for Poisson batches.
+    """
+    noise = torch.from_numpy(rng.standard_normal(flat_grad.numel(), dtype=np.float32))
+    flat_grad.add_(noise, alpha=std).div_(expected_batch_size)
 
 
 def grade_targets(grades: np.ndarray, n_grades: int) -> np.ndarray:
@@ -162,14 +266,18 @@ def grade_targets(grades: np.ndarray, n_grades: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _proximal_step(model: nn.Module, anchor: list[torch.Tensor], rate: float) -> None:
+def _proximal_step(model: nn.Module, anchor: list[torch.Tensor],
+                   settings: TrainingSettings) -> None:
     """FedProx pull towards the global weights, as a decoupled step.
 
     The gradient of mu/2·||w - w_global||² does not depend on any record, so it is
     applied after the (noised) DP step: post-processing, no privacy cost. Added to
-    the loss instead, Opacus would silently drop it (it rebuilds gradients from
-    per-sample gradients of the data loss).
+    the loss instead, per-record clipping would clip it together with the data's
+    gradient.
     """
+    if settings.proximal_mu <= 0:
+        return
+    rate = settings.learning_rate * settings.proximal_mu
     for parameter, global_value in zip(model.parameters(), anchor, strict=True):
         parameter -= rate * (parameter - global_value)
 

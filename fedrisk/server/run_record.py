@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -189,7 +190,7 @@ class RunRecorder:
         """The metrics.json document (schema documented in the README)."""
         last = self.rounds[-1] if self.rounds else {}
         banks = []
-        for bank_id, bank in sorted(self.banks.items()):
+        for bank_id, bank in sorted(self.banks.items(), key=lambda item: natural_key(item[0])):
             # train_loss is kept for the schema but never sent: it is not a DP statistic.
             entry = {"id": bank_id, "train_loss": None, **bank}
             if self.config.dp and "n_train" in bank:
@@ -229,6 +230,12 @@ class RunRecorder:
         figure.tight_layout()
         figure.savefig(path, dpi=100)
         plt.close(figure)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders ``bank-2`` before ``bank-10`` (numbers compare as numbers)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", name) if part)
 
 
 def _exact_bank_metrics(metrics: dict) -> dict:

@@ -12,6 +12,21 @@ guarantee on its own:
   is not active (and Flower's own client then fails on the missing share, so one early
   dropout fails the round); :class:`DropoutSafeSecAggPlus` counts as sampled only the
   nodes that completed key sharing, which is what the protocol means by "dropped".
+
+Two settings follow the consortium by default:
+
+- **neighbourhood** (``secagg-num-shares = 0``): every bank shares its secrets with (and
+  masks against) every other bank up to :data:`FULL_GRAPH_BANKS` banks, and above that
+  with a ring neighbourhood of ``2⌈log₂ n⌉ + 1`` banks (the "+" of SecAgg+): each bank's
+  key agreements, shares and masks grow with log n instead of n. The threshold stays
+  above half of each neighbourhood (:func:`secagg_counts`).
+- **maximum weight** (``secagg-max-weight = 0``): each bank scales its update by
+  ``num_examples / max_weight`` before quantizing, so ``max_weight`` must bound every
+  bank's published size, and a loose bound wastes precision. The coordinator takes the
+  power of two above the largest size banks have published so far in the run (exact
+  or DP-noised, as each bank's policy says: never more than banks released), and
+  :data:`FIRST_ROUND_MAX_WEIGHT` before any bank has published. ``fedrisk simulate``
+  sets it from the tables instead (:func:`weight_bound`).
 """
 
 from __future__ import annotations
@@ -25,9 +40,21 @@ from flwr.serverapp import Grid
 
 from fedrisk.config import RunConfig
 
+FULL_GRAPH_BANKS = 10  # up to this many banks, every bank is every bank's neighbour
+FIRST_ROUND_MAX_WEIGHT = float(2**20)  # before any size is published: banks up to ~1M rows
+
 
 class DropoutSafeSecAggPlus(SecAggPlusWorkflow):
-    """Flower's SecAgg+ workflow; nodes lost before key sharing are not "dropped" later."""
+    """Flower's SecAgg+ workflow; nodes lost before key sharing are not "dropped" later.
+
+    With ``follow_sizes``, each round's maximum weight is :func:`weight_bound` of the
+    largest ``num_examples`` banks published in earlier rounds (the first round uses the
+    ``max_weight`` given).
+    """
+
+    def __init__(self, *args: object, follow_sizes: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.follow_sizes = follow_sizes
 
     def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
         """Flower's setup; the nodes that answered it are the ones the protocol continues with."""
@@ -42,16 +69,44 @@ class DropoutSafeSecAggPlus(SecAggPlusWorkflow):
         state.sampled_node_ids = set(state.active_node_ids)
         return proceed
 
+    def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext,
+                                     state: WorkflowState) -> bool:
+        """Flower's collection; the banks' published sizes set the next rounds' maximum weight."""
+        proceed = super().collect_masked_vectors_stage(grid, context, state)
+        published = [fitres.num_examples for _, fitres in state.legacy_results]
+        if self.follow_sizes and published:
+            self.max_weight = max(self.max_weight, weight_bound(max(published)))
+        return proceed
+
+
+def weight_bound(size: float) -> float:
+    """The power of two at or above ``size``: a maximum weight that bounds it within 2×.
+
+    Privacy meaning: sent to every bank, it reveals only ⌈log₂⌉ of the largest size it
+    bounds (a published size, or in a simulation the largest table).
+    """
+    return float(2 ** max(0, math.ceil(math.log2(max(size, 1.0)))))
+
+
+def neighbourhood_size(banks: int) -> int:
+    """Banks each bank shares secrets with, itself included: all, or ``2⌈log₂ n⌉ + 1``."""
+    if banks <= FULL_GRAPH_BANKS:
+        return banks
+    return min(banks, 2 * math.ceil(math.log2(banks)) + 1)
+
 
 def secagg_counts(config: RunConfig) -> tuple[int, int]:
     """``(num_shares, threshold)`` for a round that samples ``min-banks`` banks.
 
-    Fractions (≤ 1) are read as Flower reads them, except that the threshold is rounded
-    up and kept above half of the shares; values > 1 are absolute counts.
+    ``secagg-num-shares`` 0 is :func:`neighbourhood_size`; other fractions (≤ 1) are read
+    as Flower reads them; values > 1 are absolute counts. A fractional threshold is
+    rounded up and kept above half of the shares.
     """
     sampled = config.min_banks
     fraction = config.secagg_num_shares
-    if fraction <= 1:
+    if fraction == 0:
+        shares = neighbourhood_size(sampled)
+    elif fraction <= 1:
         shares = round(fraction * sampled)
         if shares < sampled and shares % 2 == 0:
             shares += 1

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedrisk.config import RunConfig
 from fedrisk.server.ledger_heads import known_heads_config, read_known_heads, record_heads
 from fedrisk.server.run_record import RunRecorder
-from fedrisk.server.secagg import DropoutSafeSecAggPlus, secagg_counts
+from fedrisk.server.secagg import FIRST_ROUND_MAX_WEIGHT, DropoutSafeSecAggPlus, secagg_counts
 from fedrisk.server.strategy import UpdateAggregation, make_strategy
 
 app = ServerApp()
@@ -40,7 +40,8 @@ def secure_aggregation_facts(config: RunConfig) -> dict[str, object]:
             "reconstruction_threshold": config.secagg_reconstruction_threshold,
             "shares_per_bank": secagg_counts(config)[0],
             "threshold_shares": secagg_counts(config)[1],
-            "max_weight": config.secagg_max_weight,
+            "max_weight": config.secagg_max_weight or FIRST_ROUND_MAX_WEIGHT,
+            "max_weight_follows_sizes": config.secagg_max_weight == 0,
             "clipping_range": config.secagg_clipping_range,
             "quantization_range": config.secagg_quantization_range,
         } if config.secure_aggregation else None,
@@ -54,7 +55,8 @@ def fit_workflow(config: RunConfig) -> DropoutSafeSecAggPlus | None:
     num_shares, threshold = secagg_counts(config)
     return DropoutSafeSecAggPlus(
         num_shares=num_shares, reconstruction_threshold=threshold,
-        max_weight=config.secagg_max_weight,
+        max_weight=config.secagg_max_weight or FIRST_ROUND_MAX_WEIGHT,
+        follow_sizes=config.secagg_max_weight == 0,
         clipping_range=config.secagg_clipping_range,
         quantization_range=config.secagg_quantization_range,
         timeout=config.secagg_timeout or None,

@@ -23,6 +23,7 @@ from fedrisk.data import (
 from fedrisk.files import ensure_private_dir, write_private_file
 from fedrisk.models import ModelSpec
 from fedrisk.privacy.policy import BankPolicy
+from fedrisk.server.secagg import weight_bound
 from fedrisk.simulations.baselines import Split, centralized_auc, local_only_auc
 from fedrisk.simulations.engine import run_flower_simulation
 
@@ -79,8 +80,10 @@ def simulate(request: SimulationRequest) -> dict:
         overrides["bank-state-dir"] = str(output_dir / "banks")
     if not config.ledger_heads_file:
         overrides["ledger-heads-file"] = str(output_dir / "ledger-heads.json")
+    if config.secure_aggregation and not config.secagg_max_weight:
+        overrides["secagg-max-weight"] = weight_bound(_largest_published_size(banks, policy))
     config = RunConfig.from_run_config({**config.to_run_config(), **overrides})
-    _check_secure_aggregation(config, banks)
+    _check_secure_aggregation(config, banks, policy)
     log.info("simulating %d banks: %s", len(banks), ", ".join(banks))
     metrics_path = output_dir / "metrics.json"
     for stale in (metrics_path, output_dir / REFUSALS_FILE):
@@ -147,16 +150,29 @@ def _materialize(banks: dict[str, pd.DataFrame], contract: Contract, policy: Ban
     return data_dir
 
 
-def _check_secure_aggregation(config: RunConfig, banks: dict[str, pd.DataFrame]) -> None:
+def _largest_published_size(banks: dict[str, pd.DataFrame], policy: BankPolicy) -> float:
+    """An upper bound of the train size any bank will publish (its noisy size under DP).
+
+    A bank keeping its size private publishes ``n + N(0, σ²)``: 6σ above n bounds it
+    (exceeded with probability 1e-9).
+    """
+    largest = max(round(len(t) * (1 - policy.test_fraction)) + 1 for t in banks.values())
+    noise = policy.size_noise_multiplier if policy.size_disclosure == "dp" else 0.0
+    return largest + 6 * noise
+
+
+def _check_secure_aggregation(config: RunConfig, banks: dict[str, pd.DataFrame],
+                              policy: BankPolicy) -> None:
     if not config.secure_aggregation:
         return
     if len(banks) < 3:
         raise DataError("secure aggregation needs at least 3 banks (with 2, the sum reveals "
                         "the other bank's update); use --no-secure-aggregation")
-    largest = max(round(len(t) * (1 - config.test_fraction)) + 1 for t in banks.values())
+    largest = _largest_published_size(banks, policy)
     if largest > config.secagg_max_weight:
         raise DataError(f"secagg-max-weight {config.secagg_max_weight:g} is below the largest "
-                        f"bank's train size ({largest}); raise it with --secagg-max-weight")
+                        f"bank's published train size (up to {largest:.0f}); raise it with "
+                        f"--run-config secagg-max-weight=N, or set 0 to follow the data")
 
 
 def bank_splits(banks: dict[str, pd.DataFrame], contract: Contract, policy: BankPolicy

@@ -4,12 +4,14 @@ The issue's attack: `flwr run` of an app whose ClientApp reads the bank's data f
 in its node config and returns the row count, header and rows. A bank executes only app
 bundles whose SHA-256 its own policy approves, checked by the bank's executor before
 anything from the bundle is installed or imported, in both ClientApp modes (tasks forked
-from a warm process, or each in a fresh interpreter). Real processes on loopback: one
-consortium (3 banks, TLS, node authentication) per mode.
+from a warm process, or each in a fresh interpreter). Real processes on loopback: the
+session's consortium (fork, the default) and one more in spawn mode (3 banks, TLS, node
+authentication, the nginx proxy).
 """
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -184,16 +186,24 @@ def rows_of(root: Path, bank: str) -> list[str]:
     return (Layout.at(root).bank_dir(bank) / "data.csv").read_text().splitlines()[:4]
 
 
-@pytest.fixture(scope="module", params=MODES)
-def consortium(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"gate-{request.param}") / "demo"
+@pytest.fixture(scope="module")
+def spawn_consortium(tmp_path_factory):
+    """A consortium whose banks run every task in a fresh interpreter (`--clientapp spawn`)."""
+    root = tmp_path_factory.mktemp("gate-spawn") / "demo"
     init_consortium(root, BANKS, base_port=free_base_port(6))
     try:
-        consortium_up(root, clientapp=request.param, timeout=START_TIMEOUT)
+        consortium_up(root, clientapp="spawn", timeout=START_TIMEOUT)
         yield root
     finally:
         consortium_down(root)
         assert processes_left(str(root)) == []
+
+
+@pytest.fixture(scope="module", params=MODES)
+def gate_consortium(request):
+    """Each ClientApp mode: fork is the session's consortium (the default), spawn its own."""
+    name = "consortium" if request.param == "fork" else "spawn_consortium"
+    return request.getfixturevalue(name)
 
 
 @pytest.fixture(scope="module")
@@ -202,19 +212,19 @@ def attacker_app(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def markers(consortium, tmp_path_factory) -> Path:
+def markers(gate_consortium, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("markers") / "ran"
     folder.mkdir()
     return folder
 
 
 @pytest.fixture(scope="module")
-def attack(consortium, attacker_app, markers) -> dict:
+def attack(gate_consortium, attacker_app, markers) -> dict:
     """The attacker's run against banks that never approved the attacker's app."""
-    return submit(consortium, attacker_app, "harvest", markers)
+    return submit(gate_consortium, attacker_app, "harvest", markers)
 
 
-def test_an_unapproved_app_gets_only_refusals_at_once(consortium, attack):
+def test_an_unapproved_app_gets_only_refusals_at_once(gate_consortium, attack):
     assert attack["nodes"] == len(BANKS)
     replies = by_bank(attack)
     assert sorted(replies) == sorted(BANKS)
@@ -223,75 +233,68 @@ def test_an_unapproved_app_gets_only_refusals_at_once(consortium, attack):
     assert attack["seconds"] < 60  # refused at once, not after a timeout
 
 
-def test_no_row_of_any_bank_reaches_the_attacker(consortium, attack):
+def test_no_row_of_any_bank_reaches_the_attacker(gate_consortium, attack):
     for bank in BANKS:
-        for line in rows_of(consortium, bank):
+        for line in rows_of(gate_consortium, bank):
             assert line not in attack["text"]
     assert "n_rows" not in attack["text"] and "signing_key_readable" not in attack["text"]
 
 
-def test_no_attacker_code_runs_or_is_installed_at_a_bank(consortium, attack, markers):
+def test_no_attacker_code_runs_or_is_installed_at_a_bank(gate_consortium, attack, markers):
     assert list(markers.iterdir()) == []
     for bank in BANKS:
-        assert INSTALLED not in bank_log(consortium, bank)
+        assert INSTALLED not in bank_log(gate_consortium, bank)
 
 
-def test_each_bank_records_the_refusal_in_its_signed_ledger_and_nothing_left(consortium,
+def test_each_bank_records_the_refusal_in_its_signed_ledger_and_nothing_left(gate_consortium,
                                                                             attack):
     for bank in BANKS:
-        entries = ledger_entries(consortium, bank, attack["run_id"])
+        entries = ledger_entries(gate_consortium, bank, attack["run_id"])
         assert [e.kind for e in entries] == ["refusal"]
         assert entries[0].body["policy_key"] == "approved-apps"
         assert "not approved" in entries[0].body["reason"]
 
 
-@pytest.fixture(scope="module")
-def approved(consortium, attack, attacker_app, markers) -> dict:
+def test_approval_passes_the_gate_and_a_missing_or_corrupt_policy_refuses(spawn_consortium,
+                                                                       attacker_app,
+                                                                       tmp_path):
     """The first bank approves the attacker's app; the second's policy is corrupt, the
     third's is missing. A copy of the app planted in the first bank's Flower home (at the
-    path Flower would install the approved bundle) must never be what runs."""
-    layout = Layout.at(consortium)
+    path Flower would install the approved bundle) must never be what runs. The policies are
+    restored afterwards, so the other tests of this consortium see the banks as provisioned."""
+    layout = Layout.at(spawn_consortium)
     first, corrupt, missing = (layout.bank_dir(bank) for bank in BANKS)
-    approval = run_cli("consortium", "approve", str(first), "--app-dir", str(attacker_app))
-    assert approval.returncode == 0, approval.stderr
+    saved = {path: path.read_bytes() for path in (f / "bank-policy.toml"
+                                                  for f in (first, corrupt, missing))}
     digest = app_bundle_hash(attacker_app)
-    for bank_dir in (corrupt, missing):
-        approval = run_cli("consortium", "approve", str(bank_dir), "--fab-hash", digest)
-        assert approval.returncode == 0, approval.stderr
-    policy = corrupt / "bank-policy.toml"
-    policy.write_text(policy.read_text() + "\napproved-apps = [\n")
-    (missing / "bank-policy.toml").unlink()
     planted = first / "flwr-home" / "apps" / f"attacker.harvest.1.0.0.{digest[:8]}"
-    write_attacker_app(planted)
-    (planted / "harvest" / "client.py").write_text(PLANTED_CLIENT)
-    return {"digest": digest, "stdout": approval.stdout,
-            "result": submit(consortium, attacker_app, "approved", markers)}
-
-
-def test_approve_records_the_hash_of_the_bundle_the_bank_built(consortium, approved):
-    digest = approved["digest"]
-    assert digest in approved["stdout"]
-    policy = (Layout.at(consortium).bank_dir(BANKS[0]) / "bank-policy.toml").read_text()
-    assert digest in policy and app_bundle_hash() in policy
-
-
-def test_an_approved_app_passes_the_gate_and_runs_from_the_very_bytes_hashed(
-        consortium, approved, markers):
-    reply = by_bank(approved["result"])[BANKS[0]]
-    assert reply["content"]["loot"]["n_rows"] == len(
-        (Layout.at(consortium).bank_dir(BANKS[0]) / "data.csv").read_text().splitlines()) - 1
-    assert (markers / f"{BANKS[0]}.ran").exists()
-    assert INSTALLED in bank_log(consortium, BANKS[0])
-    assert not (markers / "planted.ran").exists()
-
-
-def test_a_bank_with_a_missing_or_corrupt_policy_refuses_every_app(consortium, approved,
-                                                                  markers):
-    replies = by_bank(approved["result"])
-    run_id = approved["result"]["run_id"]
-    for bank in BANKS[1:]:
+    markers = tmp_path / "ran"
+    markers.mkdir()
+    try:
+        approval = run_cli("consortium", "approve", str(first), "--app-dir", str(attacker_app))
+        assert approval.returncode == 0, approval.stderr
+        assert digest in approval.stdout
+        policy = (first / "bank-policy.toml").read_text()
+        assert digest in policy and app_bundle_hash() in policy
+        corrupt_policy = corrupt / "bank-policy.toml"
+        corrupt_policy.write_text(corrupt_policy.read_text() + "\napproved-apps = [\n")
+        (missing / "bank-policy.toml").unlink()
+        write_attacker_app(planted)
+        (planted / "harvest" / "client.py").write_text(PLANTED_CLIENT)
+        result = submit(spawn_consortium, attacker_app, "approved", markers)
+    finally:
+        for path, content in saved.items():
+            path.write_bytes(content)
+        shutil.rmtree(planted, ignore_errors=True)
+    replies = by_bank(result)
+    # the approved bank runs the app, from the very bytes it hashed (not the planted copy)
+    assert replies[BANKS[0]]["content"]["loot"]["n_rows"] == len(
+        (first / "data.csv").read_text().splitlines()) - 1
+    assert (markers / f"{BANKS[0]}.ran").exists() and not (markers / "planted.ran").exists()
+    assert INSTALLED in bank_log(spawn_consortium, BANKS[0])
+    for bank in BANKS[1:]:  # no policy, or a broken one, approves nothing
         assert replies[bank] == {"error": f"bank {bank}: {REFUSED}"}
         assert not (markers / f"{bank}.ran").exists()
-        entries = ledger_entries(consortium, bank, run_id)
+        entries = ledger_entries(spawn_consortium, bank, result["run_id"])
         assert [e.kind for e in entries] == ["refusal"]
         assert "policy" in entries[0].body["reason"]
