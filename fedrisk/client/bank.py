@@ -29,6 +29,7 @@ from fedrisk.config import RunConfig
 from fedrisk.data import (
     Contract,
     DataError,
+    TableRefused,
     check_table,
     embedded_banks,
     load_embedded,
@@ -129,18 +130,24 @@ def resolve_source(node_config: dict, config: RunConfig) -> BankSource:
 def load_bank(source: BankSource, config: RunConfig) -> Bank:
     """Read, check, split and encode the bank's own table; open its ledger.
 
-    Raises :class:`DataError` (one line) when the table fails the contract, so a bank
-    with bad data refuses to join before anything is sent.
+    Raises :class:`TableRefused` (one line, with a value-free public text) when the
+    table or contract cannot be read or the table fails the contract, so a bank with
+    bad data refuses to join before anything is sent.
     """
     if source.embedded:
         table = embedded_banks(source.embedded, seed=config.seed)[source.bank_id]
         contract = load_embedded(source.embedded)[1]
     else:
-        contract = Contract.load(source.contract_path)
-        table = read_table(source.data_path)
+        try:
+            contract = Contract.load(source.contract_path)
+            table = read_table(source.data_path)
+        except DataError as error:
+            raise TableRefused(f"bank '{source.bank_id}' refuses to join: {error}",
+                               "the table or its contract cannot be read") from None
     report = check_table(table, contract, source=str(source.data_path or source.bank_id))
     if not report.ok:
-        raise DataError(f"bank '{source.bank_id}' refuses to join: {report.errors[0]}")
+        raise TableRefused(f"bank '{source.bank_id}' refuses to join: {report.errors[0]}",
+                           report.public_errors[0])
     policy = source.policy(config)
     # The held-out split is the bank's (its policy's fraction and seed), never the run's.
     train, test = stratified_split(table, contract, policy.test_fraction, policy.split_seed)

@@ -5,7 +5,10 @@ coordinator's word), checks the proposed run config against it and, once per run
 checks the whole planned run against the lifetime cap on its table. A run outside the
 policy is refused at its first message with :func:`~fedrisk.client.refusal.refusal_reply`:
 a ``refusal`` entry in the bank's signed ledger naming the policy key, and the reply
-``refused: <key>``, sent at once; nothing is trained or evaluated.
+``refused: <key>``, sent at once; nothing is trained or evaluated. A bank whose own
+table fails the contract (or cannot be read) replies ``its table fails the contract:``
+and the check's public text (the check and the contract column, never a value from the
+rows); it has no ledger to write to until its table is usable.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fedrisk.client.bank import Bank, bank_for_context, resolve_source
 from fedrisk.client.bank_client import BankClient
 from fedrisk.client.refusal import refusal_reply
 from fedrisk.config import RunConfig
+from fedrisk.data import TableRefused
 from fedrisk.privacy.accounting import PrivacyBudgetExceeded
 from fedrisk.privacy.chain import LedgerRollback
 from fedrisk.privacy.ledger import known_head_key, parse_known_head
@@ -27,6 +31,7 @@ from fedrisk.privacy.policy import PolicyRefusal
 
 log = logging.getLogger("fedrisk.bank")
 ADMITTED = "fedrisk.admitted"  # context.state record: this run passed the policy
+TABLE_REFUSED = "its table fails the contract"
 
 
 def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -39,6 +44,11 @@ def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         bank_id = resolve_source(dict(context.node_config), config).bank_id
         return refusal_reply(msg, context.run_id, None, bank_id,
                              PolicyRefusal("ledger-rollback", str(rollback)))
+    except TableRefused as refused:  # the check's public text: which check, which column
+        bank_id = resolve_source(dict(context.node_config), config).bank_id
+        log.error("bank refuses to take part: %s", refused)
+        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                             f"bank {bank_id}: {TABLE_REFUSED}: {refused.public}"), reply_to=msg)
     except Exception as error:  # noqa: BLE001 - bad data, config or policy: fail closed
         log.error("bank refuses to take part: %s", error)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,

@@ -17,7 +17,7 @@ from fedrisk.data.embedded import (
     embedded_banks,
     load_embedded,
 )
-from fedrisk.data.errors import DataError
+from fedrisk.data.errors import DataError, TableRefused
 from fedrisk.data.splits import split_table, split_table_file, stratified_split
 from fedrisk.data.tables import read_table, write_table
 
@@ -30,6 +30,7 @@ __all__ = [
     "Contract",
     "DataError",
     "NumericFeature",
+    "TableRefused",
     "check_table",
     "check_table_file",
     "draft_contract",

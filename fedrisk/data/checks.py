@@ -13,6 +13,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,15 @@ from pandera.errors import SchemaErrors
 from fedrisk.data.contract import UNKNOWN_CATEGORY, CategoricalFeature, Contract, NumericFeature
 from fedrisk.data.errors import DataError, first_line
 from fedrisk.data.tables import read_table
-from fedrisk.data.values import canonical_strings, examples, to_float
+from fedrisk.data.values import (
+    comparable_strings,
+    comparable_text,
+    examples,
+    quote_name,
+    to_float,
+)
+
+EMPTY_COLUMN = "has no value in any row"
 
 
 @dataclass
@@ -30,23 +39,41 @@ class CheckReport:
     """What is wrong (errors) or worth knowing (warnings) about one table.
 
     Every message is one line: ``"<source>: column '<col>': <problem> (<k> rows)"``.
+    ``public_errors`` says the same of each error without anything read from the
+    rows: a fixed text per check naming only a contract column (``"column 'income':
+    non-numeric values in a numeric column"``), no values, row counts, file names or
+    other table columns. It is what a bank may tell others about why it refuses.
     """
 
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     n_rows: int = 0
+    public_errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """True if the table can be used: warnings allowed, no errors."""
         return not self.errors
 
+    def add_errors(self, findings: list[Finding]) -> None:
+        """Record errors, each with its value-free public text."""
+        self.errors += [finding.message for finding in findings]
+        self.public_errors += [finding.public for finding in findings]
+
+
+class Finding(NamedTuple):
+    """One problem: its full message, and the same without anything read from the rows."""
+
+    message: str
+    public: str
+
 
 def check_table(df: pd.DataFrame, contract: Contract, source: str = "table") -> CheckReport:
     """Check a table against a contract; never raises for a bad table.
 
-    Errors: missing columns, non-numeric values in numeric columns, values out
-    of range or unseen categories where the contract's policy is ``"error"``,
+    Errors: missing or repeated columns, contract columns without a single value
+    (in a table of two rows or more), non-numeric values in numeric columns, values
+    out of range or unseen categories where the contract's policy is ``"error"``,
     missing target values, an empty table, a single class.
     Warnings: duplicate rows, missing values (and how they are imputed),
     values clipped, unseen categories bucketed, unknown grades, extra columns.
@@ -60,9 +87,8 @@ def check_table(df: pd.DataFrame, contract: Contract, source: str = "table") -> 
     try:
         return _check(df, contract, source)
     except Exception as error:  # a checker must report, not crash, whatever the table holds
-        return CheckReport(
-            [f"{source}: could not check the table: {first_line(error)}"], [], len(df)
-        )
+        return CheckReport([f"{source}: could not check the table: {first_line(error)}"], [],
+                           len(df), ["the table could not be checked"])
 
 
 def check_table_file(path: str | Path, contract_path: str | Path) -> CheckReport:
@@ -74,7 +100,7 @@ def check_table_file(path: str | Path, contract_path: str | Path) -> CheckReport
         contract = Contract.load(contract_path)
         df = read_table(path)
     except DataError as error:
-        return CheckReport([str(error)], [], 0)
+        return CheckReport([str(error)], [], 0, ["the table or its contract cannot be read"])
     return check_table(df, contract, source=str(path))
 
 
@@ -83,50 +109,72 @@ def check_table_file(path: str | Path, contract_path: str | Path) -> CheckReport
 
 def _check(df: pd.DataFrame, contract: Contract, source: str) -> CheckReport:
     report = CheckReport(n_rows=len(df))
-    repeated = df.columns[df.columns.duplicated()].unique()
-    if len(repeated):
-        report.errors += [
-            f"{source}: column '{c}': appears more than once ({_rows(len(df))})" for c in repeated
-        ]
+    repeated = [str(c) for c in df.columns[df.columns.duplicated()].unique()]
+    if repeated:
+        report.add_errors([
+            Finding(f"{source}: column {quote_name(c)}: appears more than once "
+                    f"({_rows(len(df))})",
+                    _public(contract, c, "appears more than once")) for c in repeated])
         return report
     df = df.reset_index(drop=True)  # failure cases are counted by row label
-    report.errors += _schema_messages(_error_schema(contract), df, contract, source, _ERRORS)
+    report.add_errors(_schema_messages(_error_schema(contract), df, contract, source, _ERRORS))
     if df.empty:
-        report.errors.append(f"{source}: table is empty (0 rows)")
+        report.add_errors([Finding(f"{source}: table is empty (0 rows)", "the table is empty")])
         return report
-    report.errors += _class_balance_errors(df, contract, source)
+    report.add_errors(empty_column_errors(df, contract, source))
+    report.add_errors(_class_balance_errors(df, contract, source))
     report.warnings += _duplicate_warnings(df, contract, source)
-    report.warnings += _schema_messages(
-        _warning_schema(contract, df), df, contract, source, _WARNINGS
-    )
+    repairable = df.drop(columns=lost_columns(df, contract))  # lost: an error, not imputed
+    report.warnings += [finding.message for finding in _schema_messages(
+        _warning_schema(contract, repairable), df, contract, source, _WARNINGS)]
     report.warnings += _target_value_warnings(df, contract, source)
     report.warnings += [
-        f"{source}: column '{c}': not in the contract, ignored ({_rows(len(df))})"
+        f"{source}: column {quote_name(c)}: not in the contract, ignored ({_rows(len(df))})"
         for c in df.columns
         if c not in contract.required_columns and c not in contract.drop
     ]
     return report
 
 
-def _class_balance_errors(df: pd.DataFrame, contract: Contract, source: str) -> list[str]:
+def empty_column_errors(df: pd.DataFrame, contract: Contract, source: str) -> list[Finding]:
+    """A contract column with no value in any row: an export that lost it, not missing values.
+
+    Imputing a whole column would train or score every row on a made-up value. In a
+    table of one row a missing value is only a missing value.
+    """
+    return [Finding(f"{source}: column '{c}': {EMPTY_COLUMN} (every cell is empty: was the "
+                    f"column lost?) ({_rows(len(df))})", _public(contract, c, EMPTY_COLUMN))
+            for c in lost_columns(df, contract)]
+
+
+def lost_columns(df: pd.DataFrame, contract: Contract) -> list[str]:
+    """Contract columns other than the target with no value in any row (of two rows or more)."""
+    if len(df) < 2:
+        return []
+    return [c for c in contract.required_columns
+            if c in df.columns and c != contract.target and df[c].isna().all()]
+
+
+def _class_balance_errors(df: pd.DataFrame, contract: Contract, source: str) -> list[Finding]:
     if contract.target not in df.columns:
         return []
-    labels = canonical_strings(df[contract.target]).dropna()
+    labels = comparable_strings(df[contract.target]).dropna()
     if labels.empty:
         return []
-    n_positive = int((labels == contract.positive_label).sum())
+    n_positive = int((labels == comparable_text(contract.positive_label)).sum())
     where = f"{source}: column '{contract.target}'"
+    public = _public(contract, contract.target, "single class (a bank needs both)")
     if n_positive == 0:
         seen = examples(labels)
-        return [
+        return [Finding(
             f"{where}: single class, positive label '{contract.positive_label}' never occurs "
-            f"(values: {seen}); a bank needs both defaults and non-defaults ({_rows(len(labels))})"
-        ]
+            f"(values: {seen}); a bank needs both defaults and non-defaults ({_rows(len(labels))})",
+            public)]
     if n_positive == len(labels):
-        return [
+        return [Finding(
             f"{where}: single class, every row has the positive label "
-            f"'{contract.positive_label}'; a bank needs both classes ({_rows(len(labels))})"
-        ]
+            f"'{contract.positive_label}'; a bank needs both classes ({_rows(len(labels))})",
+            public)]
     return []
 
 
@@ -147,15 +195,16 @@ def _target_value_warnings(df: pd.DataFrame, contract: Contract, source: str) ->
     """Catch labels like 'Bad' or 'bad ' that would silently count as non-default."""
     if contract.target not in df.columns:
         return []
-    labels = canonical_strings(df[contract.target]).dropna()
-    negatives = labels[labels != contract.positive_label]
+    labels = comparable_strings(df[contract.target]).dropna()
+    negatives = labels[labels != comparable_text(contract.positive_label)]
     if negatives.nunique() <= 1:
         return []
     usual = negatives.value_counts().index[0]
     odd = negatives[negatives != usual]
     return [
         f"{source}: column '{contract.target}': values other than '{contract.positive_label}' "
-        f"and '{usual}', such as {examples(odd)}, count as non-default ({_rows(len(odd))})"
+        f"and {examples([usual])}, such as {examples(odd)}, count as non-default "
+        f"({_rows(len(odd))})"
     ]
 
 
@@ -215,10 +264,10 @@ def _within(feature: NumericFeature) -> Callable[[pd.Series], pd.Series]:
 
 
 def _known(feature: CategoricalFeature) -> Callable[[pd.Series], pd.Series]:
-    vocabulary = set(feature.categories)
+    vocabulary = {comparable_text(c) for c in feature.categories}
 
     def check(column: pd.Series) -> pd.Series:
-        strings = canonical_strings(column)
+        strings = comparable_strings(column)
         return strings.isna() | strings.isin(vocabulary)
 
     return check
@@ -239,6 +288,14 @@ _ERRORS: dict[str, Message] = {
     ),
     "not_nullable": lambda c, col, ex: "target value missing",
 }
+# The same problems without values or counts: what may be said outside the bank.
+_PUBLIC_ERRORS = {
+    "column_in_dataframe": "missing from the table",
+    "non_numeric": "non-numeric values in a numeric column",
+    "out_of_range": 'values outside the contract\'s bounds (policy out_of_range = "error")',
+    "unseen_category": 'categories not in the contract (policy unknown = "error")',
+    "not_nullable": "target value missing",
+}
 
 _WARNINGS: dict[str, Message] = {
     "not_nullable": lambda c, col, ex: f"missing values, {_imputation(c, col)}",
@@ -256,7 +313,7 @@ def _schema_messages(
     contract: Contract,
     source: str,
     messages: dict[str, Message],
-) -> list[str]:
+) -> list[Finding]:
     """Validate lazily and turn failure cases into one line per column and check."""
     try:
         schema.validate(df, lazy=True)
@@ -268,15 +325,23 @@ def _schema_messages(
     for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
         if check == "column_in_dataframe":
             for missing in group["failure_case"]:
-                lines.append(_missing_column(df, contract, source, str(missing)))
+                lines.append(Finding(_missing_column(df, contract, source, str(missing)),
+                                     _public(contract, str(missing), "missing from the table")))
             continue
         rows = group["index"].dropna().nunique()
         found = examples(group["failure_case"].dropna())
         describe = messages.get(str(check), _unnamed_check(str(check)))
-        lines.append(
-            f"{source}: column '{column}': {describe(contract, column, found)} ({_rows(rows)})"
-        )
+        public = _PUBLIC_ERRORS.get(str(check), "failed a check of the contract")
+        lines.append(Finding(
+            f"{source}: column '{column}': {describe(contract, column, found)} ({_rows(rows)})",
+            _public(contract, str(column), public)))
     return lines
+
+
+def _public(contract: Contract, column: str, problem: str) -> str:
+    """A problem's public text: it names the column only if the (public) contract does."""
+    where = f"column '{column}'" if column in contract.required_columns else "a column"
+    return f"{where}: {problem}"
 
 
 def _unnamed_check(check: str) -> Message:
@@ -286,7 +351,7 @@ def _unnamed_check(check: str) -> Message:
 def _missing_column(df: pd.DataFrame, contract: Contract, source: str, column: str) -> str:
     extra = [str(c) for c in df.columns if c not in contract.required_columns]
     close = difflib.get_close_matches(column, extra, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = f" (did you mean {quote_name(close[0])}?)" if close else ""
     problem = _ERRORS["column_in_dataframe"](contract, column, "")
     return f"{source}: column '{column}': {problem}{hint} ({_rows(len(df))})"
 

@@ -19,7 +19,16 @@ import numpy as np
 import pandas as pd
 
 from fedrisk.data.errors import DataError, first_line
-from fedrisk.data.values import canonical_strings, examples, to_float, value_text
+from fedrisk.data.values import (
+    canonical_strings,
+    comparable_strings,
+    comparable_text,
+    examples,
+    has_control_character,
+    looks_like_number_or_boolean,
+    to_float,
+    value_text,
+)
 
 UNKNOWN_CATEGORY = "__unknown__"
 DRAFT_HEADER = "Drafted from one bank's table: review before sharing"
@@ -88,10 +97,11 @@ class CategoricalFeature:
         if not isinstance(self.categories, list | tuple):
             raise DataError(f"categorical feature '{self.name}': categories must be a list")
         object.__setattr__(self, "categories", tuple(value_text(c) for c in self.categories))
-        duplicates = _duplicates(self.categories)
+        duplicates = _duplicates(comparable_text(c) for c in self.categories)
         if duplicates:
             raise DataError(
-                f"categorical feature '{self.name}': category '{duplicates[0]}' is listed twice"
+                f"categorical feature '{self.name}': category '{duplicates[0]}' is listed twice "
+                "(a CSV file cannot tell apart codes such as '1', '1.0' and '01')"
             )
         if self.unknown not in UNKNOWN_POLICIES:
             raise DataError(
@@ -253,15 +263,21 @@ class Contract:
     def category_codes(self, column: pd.Series, feature: CategoricalFeature) -> np.ndarray:
         """Slot index of each value: its category, then unknown, then missing."""
         n_known = len(feature.categories)
+        comparable = [comparable_text(c) for c in feature.categories]
         if isinstance(column.dtype, pd.StringDtype):
-            # A text value is its own canonical string: a hash lookup, no per-value Python.
-            vocabulary = pd.Index(list(feature.categories), dtype=column.dtype)
+            # A text value is its own canonical string: a hash lookup, no per-value Python
+            # except for the few texts that read as numbers or booleans.
+            codes_of = looks_like_number_or_boolean(column)
+            if codes_of.any():
+                column = column.copy()
+                column[codes_of] = [comparable_text(v) for v in column[codes_of]]
+            vocabulary = pd.Index(comparable, dtype=column.dtype)
             codes = vocabulary.get_indexer(column).astype(np.int64)
             codes[codes < 0] = n_known
             codes[column.isna().to_numpy()] = n_known + 1
             return codes
-        index = {category: i for i, category in enumerate(feature.categories)}
-        strings = canonical_strings(column)
+        index = {category: i for i, category in enumerate(comparable)}
+        strings = comparable_strings(column)
         codes = strings.map(lambda v: n_known + 1 if v is None else index.get(v, n_known))
         return codes.to_numpy(dtype=np.int64)
 
@@ -273,13 +289,13 @@ class Contract:
 
         """
         _require_columns(df, [self.target], source)
-        strings = canonical_strings(df[self.target])
+        strings = comparable_strings(df[self.target])
         missing = int(strings.isna().sum())
         if missing:
             raise DataError(
                 f"{source}: column '{self.target}': target value missing ({missing} rows)"
             )
-        return (strings == self.positive_label).to_numpy(dtype=np.float32)
+        return (strings == comparable_text(self.positive_label)).to_numpy(dtype=np.float32)
 
     def grades(self, df: pd.DataFrame, *, source: str = "table") -> np.ndarray:
         """Index of each row's grade in ``grade_levels`` (-1 if missing or unknown).
@@ -291,8 +307,8 @@ class Contract:
         if self.grade is None:
             raise DataError(f"contract '{self.name}' has no grade column")
         _require_columns(df, [self.grade], source)
-        index = {level: i for i, level in enumerate(self.grade_levels)}
-        strings = canonical_strings(df[self.grade])
+        index = {comparable_text(level): i for i, level in enumerate(self.grade_levels)}
+        strings = comparable_strings(df[self.grade])
         return strings.map(lambda v: index.get(v, -1)).to_numpy(dtype=np.int64)
 
     @property
@@ -448,6 +464,11 @@ def _contract_problems(contract: Contract) -> list[str]:
     for attr in ("name", "target", "positive_label", "missing_categorical"):
         if not isinstance(getattr(contract, attr), str) or not getattr(contract, attr):
             problems.append(f"{attr} must be a non-empty string")
+    problems += [f"column name {n!r} has a control character (names must print on one line)"
+                 for n in (*contract.required_columns, *contract.drop)
+                 if isinstance(n, str) and has_control_character(n)]
+    if has_control_character(contract.positive_label):
+        problems.append(f"positive_label {contract.positive_label!r} has a control character")
     feature_names = [f.name for f in contract.numeric] + [f.name for f in contract.categorical]
     problems += [f"column '{n}' has two feature specs" for n in _duplicates(feature_names)]
     if contract.target in feature_names:
@@ -496,8 +517,10 @@ def _protected_problems(contract: Contract, feature_names: list[str]) -> list[st
 def _grade_problems(contract: Contract) -> list[str]:
     if contract.grade is None:
         return ["grade_levels given but no grade column"] if contract.grade_levels else []
-    problems = [] if contract.grade_levels else [f"grade '{contract.grade}' needs grade_levels"]
-    problems += [f"grade level '{g}' is listed twice" for g in _duplicates(contract.grade_levels)]
+    problems = [] if len(contract.grade_levels) > 1 else [
+        f"grade '{contract.grade}' needs at least two grade_levels (a grade head tells them apart)"]
+    problems += [f"grade level '{g}' is listed twice" for g in _duplicates(
+        comparable_text(level) for level in contract.grade_levels)]
     return problems
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from fedrisk.data.contract import CategoricalFeature, Contract, NumericFeature
 from fedrisk.data.errors import DataError
-from fedrisk.data.values import canonical_strings, value_text
+from fedrisk.data.values import comparable_strings, comparable_text, value_text
 
 ID_COLUMN_NAMES = ("rownames", "id", "index", "unnamed: 0")
 # IQR / 1.349 estimates the standard deviation of a normal distribution robustly.
@@ -68,8 +68,10 @@ def draft_contract(
         for c in columns
         if not _is_numeric(df[c]) and df[c].nunique() <= max_categories
     )
-    grade_levels = tuple(sorted(canonical_strings(df[grade]).dropna().unique())) if grade else ()
-    positives = (canonical_strings(df[target]) == value_text(positive_label)).mean()
+    # Codes as every bank's CSV reader compares them: '1.0' and '1' are one level.
+    grade_levels = tuple(sorted(comparable_strings(df[grade]).dropna().unique())) if grade else ()
+    positive = comparable_text(value_text(positive_label))
+    positives = (comparable_strings(df[target]) == positive).mean()
     return Contract(
         prior_default_rate=float(f"{min(max(positives, 0.001), 0.999):.2g}"),
         name=name,
@@ -99,8 +101,8 @@ def _check_roles(
     for role, column in roles:
         if column not in df.columns:
             raise DataError(f"column '{column}' ({role}) is not in the table")
-    labels = canonical_strings(df[target]).dropna()
-    if value_text(positive_label) not in set(labels):
+    labels = comparable_strings(df[target]).dropna()
+    if comparable_text(value_text(positive_label)) not in set(labels):
         found = ", ".join(sorted(labels.unique())[:10])
         raise DataError(
             f"column '{target}': positive label '{positive_label}' never occurs (values: {found})"
@@ -151,7 +153,7 @@ def _draft_numeric(
 
 
 def _draft_categorical(column: pd.Series) -> CategoricalFeature:
-    categories = sorted(canonical_strings(column).dropna().unique())
+    categories = sorted(comparable_strings(column).dropna().unique())
     return CategoricalFeature(name=str(column.name), categories=tuple(categories))
 
 

@@ -16,3 +16,18 @@ def first_line(error: BaseException) -> str:
     """Return the first non-empty line of an exception's message (its type name if empty)."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     return lines[0].strip() if lines else type(error).__name__
+
+
+class TableRefused(DataError):
+    """A table its owner may not use: unreadable, or failing its contract.
+
+    ``str(error)`` is the full one-line report for the table's owner (it may quote
+    values from the rows); ``public`` says the same without anything read from the
+    rows (:attr:`fedrisk.data.CheckReport.public_errors`): what a bank may tell
+    others about why it refuses.
+    """
+
+    def __init__(self, message: str, public: str) -> None:
+        """A refusal with its full ``message`` and its value-free ``public`` text."""
+        super().__init__(message)
+        self.public = public

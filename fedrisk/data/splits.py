@@ -236,7 +236,9 @@ def split_table_file(
     )
     out = Path(out_dir)
     ensure_private_dir(out)
-    return {bank: write_table(rows, out / f"{bank}.{fmt}") for bank, rows in banks.items()}
+    # Bank tables are read back by fedrisk: written exactly, never formula-escaped.
+    return {bank: write_table(rows, out / f"{bank}.{fmt}", exact=True)
+            for bank, rows in banks.items()}
 
 
 def slugify(value: object) -> str:

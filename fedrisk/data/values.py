@@ -9,6 +9,8 @@ storage format never changes the result.
 from __future__ import annotations
 
 import numbers
+import re
+import unicodedata
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,14 @@ from fedrisk.data.errors import DataError
 # 12 significant digits: enough to tell real values apart, few enough that a
 # float that lost its last bit in a CSV round trip still prints the same.
 _NUMBER_FORMAT = ".12g"
+# What a CSV reader (pandas) takes for a number or a boolean when a whole column holds such
+# cells: the same cell reads as text when another cell of its column is not one. ASCII
+# digits and spaces only (pandas reads "١٢" as text); no spaces around "inf" or booleans.
+_NUMBER_TEXT = re.compile(r"[ \t\n\r\f\v]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+                          r"[ \t\n\r\f\v]*|[+-]?(?i:inf|infinity)")
+_BOOLEAN_TEXT = re.compile(r"(?i:true|false)")
+# Control characters and line/paragraph separators: they break a one-line message.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 
 
 def format_number(value: float) -> str:
@@ -42,6 +52,40 @@ def canonical_strings(series: pd.Series) -> pd.Series:
     text = text.astype(object)
     text[missing] = None
     return pd.Series(text, index=series.index, dtype=object)
+
+
+def comparable_strings(series: pd.Series) -> pd.Series:
+    """Canonical strings in which a number or boolean written as text compares as such.
+
+    As :func:`canonical_strings`, and a text a CSV reader could have read as a number or
+    boolean compares as that number or boolean (:func:`comparable_text`).
+
+    What encoding compares with a contract's categories, labels and grade levels: a bank's
+    file holding ``1.0`` and ``a`` in one column is read as text (``"1.0"``), another's
+    holding only ``1.0`` as numbers (``"1"``); the same code must match the same slot.
+    """
+    strings = canonical_strings(series)
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        return strings
+    text = [None if v is None else comparable_text(v) for v in strings.to_numpy()]
+    return pd.Series(text, index=series.index, dtype=object)
+
+
+def comparable_text(text: str) -> str:
+    """``"1.0"``, ``"01"``, ``" 1"`` -> ``"1"``; ``"true"`` -> ``"True"``; other text as is."""
+    if _NUMBER_TEXT.fullmatch(text):
+        return format_number(float(text))
+    if _BOOLEAN_TEXT.fullmatch(text):
+        return text.capitalize()
+    return text
+
+
+def looks_like_number_or_boolean(series: pd.Series) -> np.ndarray:
+    """Mask of text values :func:`comparable_text` would change (vectorized, for string dtypes)."""
+    found = np.zeros(len(series), dtype=bool)
+    for pattern in (_NUMBER_TEXT, _BOOLEAN_TEXT):
+        found |= series.str.fullmatch(pattern.pattern).fillna(False).to_numpy(dtype=bool)
+    return found
 
 
 def value_text(value: object) -> str:
@@ -77,6 +121,22 @@ def to_float(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     values = parsed.to_numpy(dtype=float, na_value=np.nan)
     non_numeric = np.isnan(values) & ~series.isna().to_numpy()
     return values, non_numeric
+
+
+def quote_name(name: object) -> str:
+    """A column name as messages show it: quoted, control characters escaped (one line)."""
+    text = "".join(c.encode("unicode_escape").decode("ascii") if _is_control(c) else c
+                   for c in str(name))
+    return f"'{text}'"
+
+
+def has_control_character(text: str) -> bool:
+    """Whether ``text`` holds a control character or line separator (breaking one line)."""
+    return any(_is_control(c) for c in text)
+
+
+def _is_control(character: str) -> bool:
+    return unicodedata.category(character) in _CONTROL_CATEGORIES
 
 
 def examples(values: pd.Series | np.ndarray, limit: int = 3) -> str:

@@ -61,6 +61,8 @@ PRIVACY_SPEND_KEYS = (
     "delta",
     "accountant",
 )
+# scan_lines' reason when every complete line verified and a partial one follows.
+TORN_LINE = "last line is incomplete (no newline): torn write or truncation"
 LEDGER_DIRNAME = "ledgers"
 LEDGER_SUFFIX = ".jsonl"
 ZERO_HASH = "0" * 64
@@ -258,7 +260,7 @@ def scan_lines(data: bytes, checker: ChainChecker) -> tuple[list[LedgerEntry], i
             return entries, consumed, str(exc)
         consumed += len(raw) + 1
     if tail:
-        return entries, consumed, "last line is incomplete (no newline): torn write or truncation"
+        return entries, consumed, TORN_LINE
     return entries, consumed, None
 
 

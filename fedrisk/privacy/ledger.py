@@ -18,12 +18,21 @@ one (:class:`~fedrisk.privacy.chain.LedgerRollback`):
 - ledger and anchor deleted or rolled back together cannot be seen on the bank's
   disk: :meth:`EgressLedger.check_known_head` compares the ledger with the head
   the coordinator last recorded for the bank.
+
+A bank that crashed in the middle of an append leaves a partial last line (no
+newline). The line is written and fsynced before its message leaves and the anchor
+moves only after it, so a partial line right after the anchored head describes
+something that never left: the bank moves its bytes into a sidecar file beside the
+ledger (``<fp16>.torn-at-<offset>.partial``, kept as evidence), signs a ``note`` saying
+so and carries on. A partial line anywhere else (after a missing or unanchored entry,
+or with no anchor) stays an error.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import math
 import os
 import re
@@ -35,8 +44,8 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedrisk.files import ensure_private_dir, fsync_dir
-from fedrisk.privacy.anchor import anchor_path, read_anchor, write_anchor
+from fedrisk.files import PRIVATE_FILE_MODE, ensure_private_dir, fsync_dir, write_file_with_mode
+from fedrisk.privacy.anchor import LedgerAnchor, anchor_path, read_anchor, write_anchor
 from fedrisk.privacy.chain import (
     ENTRY_KINDS,
     GENESIS_KIND,
@@ -44,6 +53,7 @@ from fedrisk.privacy.chain import (
     LEDGER_FORMAT,
     LEDGER_SUFFIX,
     PRIVACY_SPEND_KEYS,
+    TORN_LINE,
     ChainChecker,
     LedgerEntry,
     LedgerError,
@@ -67,6 +77,16 @@ ROLLBACK_ADVICE = (
     "`fedrisk audit verify`; if it is lost, this table's privacy history is lost with it: "
     "retire the table or set its lifetime budget as spent"
 )
+# How to resolve a ledger damaged in place: an older backup would drop privacy spends.
+DAMAGE_ADVICE = (
+    "check it with `fedrisk audit verify` and keep the file as it is; only the newest copy "
+    "of this ledger may replace it (never an older backup: it drops privacy spends); if "
+    "there is none, this table's privacy history is lost: retire the table or set its "
+    "lifetime budget as spent"
+)
+TORN_NOTE_EVENT = "torn line set aside"
+TORN_SUFFIX = ".partial"
+log = logging.getLogger("fedrisk.ledger")
 _FINGERPRINT_RE = re.compile(r"[0-9a-fA-F]{16,}")
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -107,14 +127,17 @@ class EgressLedger:
         self._offset = 0
         self._create_file_if_absent()
         with self._locked(exclusive=True) as fd:
-            self._sync(fd)
+            self._sync(fd, repair=True)
             if not self._entries:
                 self._write(fd, GENESIS_KIND, self._genesis_body())
             self._check_owner()
-            if read_anchor(self.anchor_path) is None:
+            anchor = read_anchor(self.anchor_path)
+            if anchor is None:
                 self._write(fd, "note", {"event": "anchor created", "entries": len(self._entries),
                                          "reason": "no anchor beside the ledger (first use of "
                                                    "anchoring, or the anchor was deleted)"})
+            elif anchor.count < len(self._entries):  # stopped between a line and its anchor
+                write_anchor(self.anchor_path, len(self._entries), self._entries[-1].entry_hash)
 
     @classmethod
     def for_bank(
@@ -176,7 +199,7 @@ class EgressLedger:
         if kind == "privacy_spend":
             _check_privacy_spend(body)
         with self._locked(exclusive=True) as fd:
-            self._sync(fd)
+            self._sync(fd, repair=True)
             return self._write(fd, kind, dict(body))
 
     def entries(self) -> list[LedgerEntry]:
@@ -191,9 +214,14 @@ class EgressLedger:
                 anchor records.
 
         """
-        with self._locked(exclusive=False) as fd:
-            self._sync(fd)
-            return list(self._entries)
+        try:
+            with self._locked(exclusive=False) as fd:
+                self._sync(fd, repair=False)
+                return list(self._entries)
+        except _TornLine:  # setting a torn line aside writes: under the exclusive lock
+            with self._locked(exclusive=True) as fd:
+                self._sync(fd, repair=True)
+                return list(self._entries)
 
     @property
     def head_hash(self) -> str:
@@ -317,8 +345,12 @@ class EgressLedger:
         finally:
             os.close(fd)  # also releases the flock
 
-    def _sync(self, fd: int) -> None:
-        """Verify and cache new lines, then check the anchor (caller holds the lock)."""
+    def _sync(self, fd: int, *, repair: bool) -> None:
+        """Verify and cache new lines, then check the anchor (caller holds the lock).
+
+        With ``repair`` (the exclusive lock), a torn last line right after the anchored
+        head is set aside; without it, such a line raises ``_TornLine``.
+        """
         size = os.fstat(fd).st_size
         if size < self._offset:
             raise LedgerRollback(
@@ -328,15 +360,52 @@ class EgressLedger:
         entries, consumed, reason = scan_lines(data, self._checker)
         self._entries.extend(entries)
         self._offset += consumed
-        if reason is not None:
+        anchor = read_anchor(self.anchor_path)
+        if reason == TORN_LINE:
+            self._check_torn_line(anchor, len(data) - consumed)
+            if not repair:
+                raise _TornLine
+            self._set_torn_line_aside(fd, data[consumed:])
+        elif reason is not None:
             raise LedgerError(
                 f"ledger {self.path} is broken at entry {self._checker.next_index}: {reason}; "
-                "run verification on it and restore it from a backup"
-            )
-        anchor = read_anchor(self.anchor_path)
+                f"{DAMAGE_ADVICE}")
         mismatch = anchor.mismatch(self._entries) if anchor is not None else None
         if mismatch is not None:
             raise LedgerRollback(f"ledger {self.path} {mismatch[1]}; {ROLLBACK_ADVICE}")
+
+    def _check_torn_line(self, anchor: LedgerAnchor | None, size: int) -> None:
+        """Refuse a partial last line unless it directly follows the anchored head."""
+        torn = f"ledger {self.path} ends with a partial last line ({size} bytes, a torn write)"
+        if anchor is None:
+            raise LedgerError(f"{torn} and has no anchor to show that no complete line is "
+                              f"missing before it; {DAMAGE_ADVICE}")
+        mismatch = anchor.mismatch(self._entries)
+        if mismatch is not None:
+            raise LedgerRollback(f"{torn}, and {mismatch[1]}; {ROLLBACK_ADVICE}")
+        if len(self._entries) != anchor.count:
+            raise LedgerError(
+                f"{torn} that does not follow the anchored head (entry {anchor.count - 1}; "
+                f"{len(self._entries) - anchor.count} complete entries were never anchored); "
+                f"{DAMAGE_ADVICE}")
+
+    def _set_torn_line_aside(self, fd: int, partial: bytes) -> None:
+        """Move a torn last line into a sidecar file, cut it off and sign a note saying so.
+
+        The sidecar is written and fsynced before the ledger is cut, so the bytes are
+        never lost; the line described a message that never left (write-ahead).
+        """
+        sidecar = _new_sidecar(self.path, self._offset, partial)
+        os.ftruncate(fd, self._offset)
+        os.fsync(fd)
+        log.warning("ledger %s: a torn last line (%d bytes, an interrupted append) was moved "
+                    "to %s", self.path, len(partial), sidecar)
+        self._write(fd, "note", {
+            "event": TORN_NOTE_EVENT, "after_entry": len(self._entries) - 1,
+            "offset": self._offset, "bytes": len(partial),
+            "sha256": hashlib.sha256(partial).hexdigest(), "sidecar": sidecar.name,
+            "reason": "a partial last line right after the anchored head: an append "
+                      "interrupted before its message could leave"})
 
     def _write(self, fd: int, kind: str, body: dict[str, Any]) -> LedgerEntry:
         """Sign, append, fsync and anchor one entry (caller holds the lock and has synced)."""
@@ -405,6 +474,25 @@ def egress_body(
         "epsilon": None if epsilon is None else _json_value("epsilon", float(epsilon)),
         "secure_aggregation": bool(secure_aggregation),
     }
+
+
+class _TornLine(Exception):
+    """Internal: a torn last line was found under a shared lock; retry under the exclusive one."""
+
+
+def _new_sidecar(ledger_path: Path, offset: int, data: bytes) -> Path:
+    """Write ``data`` to a new owner-only file beside the ledger (never over an older one)."""
+    for attempt in range(1000):
+        name = f"{ledger_path.stem}.torn-at-{offset}" + (f"-{attempt}" if attempt else "")
+        path = ledger_path.with_name(name + TORN_SUFFIX)
+        try:
+            write_file_with_mode(path, data, PRIVATE_FILE_MODE, exclusive=True)
+        except FileExistsError:
+            continue
+        fsync_dir(path.parent)
+        return path
+    raise LedgerError(f"ledger {ledger_path}: too many torn-line files beside it; move them "
+                      "somewhere safe and restart the bank")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -4,8 +4,9 @@ Scoring must not stop at the first bad applicant, and must not lose one either.
 Each row breaking a rule that the contract treats as an error (a non-numeric value
 in a numeric column, a value out of bounds under ``out_of_range = "error"``, an
 unseen category under ``unknown = "error"``), or that has no usable exposure when
-expected loss is needed, goes to the rejects with a ``reason``. What the contract
-repairs (missing values, clipping, bucketing) stays a warning.
+expected loss is needed (missing, negative or not finite: an infinite loan amount is
+no amount), goes to the rejects with a ``reason``. What the contract repairs (missing
+values, clipping, bucketing) stays a warning.
 
 Whole-table problems (a missing or repeated column, an empty table) come from
 :func:`fedrisk.data.check_table`, run on the rows without row problems (or, if
@@ -23,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from fedrisk.data import CategoricalFeature, Contract, DataError, NumericFeature, check_table
-from fedrisk.data.values import canonical_strings, to_float
+from fedrisk.data.checks import EMPTY_COLUMN, empty_column_errors
+from fedrisk.data.values import comparable_strings, comparable_text, quote_name, to_float
 
 ROW_COLUMN = "row"
 REASON_COLUMN = "reason"
@@ -58,8 +60,8 @@ def check_rows(
         df: the table to score, as read (the target column may be absent).
         contract: the run's contract.
         source: how to name the table in messages (usually its path).
-        need_exposure: reject rows whose exposure is missing or negative (expected
-            loss needs it; imputing a loan amount would invent a loss).
+        need_exposure: reject rows whose exposure is missing, negative or not finite
+            (expected loss needs it; imputing or clipping a loan amount would invent a loss).
 
     Raises:
         DataError: a whole-table problem, in one line (missing column, empty table, ...).
@@ -67,9 +69,12 @@ def check_rows(
     """
     repeated = df.columns[df.columns.duplicated()]
     if len(repeated):
-        raise DataError(f"{source}: column '{repeated[0]}' appears more than once")
+        raise DataError(f"{source}: column {quote_name(repeated[0])} appears more than once")
     table = df.drop(columns=[contract.target]).reset_index(drop=True) if (
         contract.target in df.columns) else df.reset_index(drop=True)
+    lost = empty_column_errors(table, contract, source)  # of the table, not of a subset
+    if lost:
+        raise DataError(lost[0].message)
     problems = list(_row_problems(table, contract, need_exposure))
     reasons: dict[int, list[str]] = {}
     for column, bad, messages in problems:
@@ -88,14 +93,19 @@ def check_rows(
 
 
 def _table_warnings(table: pd.DataFrame, contract: Contract, source: str) -> list[str]:
-    """Run ``check_table`` on rows without row problems: any error left is the table's."""
+    """Run ``check_table`` on rows without row problems: any error left is the table's.
+
+    Whether a column has no value at all was decided on the whole table: a subset
+    (or the offending cells blanked) may lack values where the table had some.
+    """
     report = check_table(table, contract, source)
-    target_prefix = f"{source}: column '{contract.target}':"
-    errors = [e for e in report.errors if not e.startswith(target_prefix)]
+    target = f"{source}: column '{contract.target}':"
+    errors = [e for e in report.errors
+              if not e.startswith(target) and f"': {EMPTY_COLUMN} (" not in e]
     if errors:
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
         raise DataError(errors[0] + more)
-    return [w for w in report.warnings if not w.startswith(target_prefix)]
+    return [w for w in report.warnings if not w.startswith(target)]
 
 
 def _blank(table: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
@@ -133,8 +143,9 @@ def _numeric_problems(column: pd.Series, feature: NumericFeature) -> Iterator[Pr
 
 
 def _unseen_categories(column: pd.Series, feature: CategoricalFeature) -> Problem:
-    strings = canonical_strings(column)
-    unseen = (strings.notna() & ~strings.isin(set(feature.categories))).to_numpy()
+    strings = comparable_strings(column)
+    known = {comparable_text(c) for c in feature.categories}
+    unseen = (strings.notna() & ~strings.isin(known)).to_numpy()
     return feature.name, unseen, [
         f'category {v!r} not in the contract (policy unknown = "error")' for v in strings[unseen]
     ]
@@ -143,11 +154,17 @@ def _unseen_categories(column: pd.Series, feature: CategoricalFeature) -> Proble
 def _exposure_problems(column: pd.Series) -> Problem:
     values, non_numeric = to_float(column)
     missing = np.isnan(values) & ~non_numeric
-    negative = values < 0
-    bad = missing | negative
-    messages = ["exposure missing, expected loss needs it" if np.isnan(v)
-                else f"exposure negative ({v:g})" for v in values[bad]]
-    return str(column.name), bad, messages
+    with np.errstate(invalid="ignore"):
+        bad = missing | (values < 0) | np.isinf(values)
+    return str(column.name), bad, [_exposure_reason(v) for v in values[bad]]
+
+
+def _exposure_reason(value: float) -> str:
+    if np.isnan(value):
+        return "exposure missing, expected loss needs it"
+    if np.isinf(value):
+        return f"exposure {value:g} is not a finite amount, expected loss needs one"
+    return f"exposure negative ({value:g})"
 
 
 def _rejects_frame(table: pd.DataFrame, reasons: dict[int, list[str]]) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from fedrisk.config import RunConfig
 from fedrisk.data import (
     Contract,
     DataError,
+    check_table,
     embedded_banks,
     load_embedded,
     read_table,
@@ -130,11 +131,26 @@ def _bank_tables(request: SimulationRequest, seed: int) -> tuple[dict[str, pd.Da
         raise DataError("--data needs exactly one of --split-by COLUMN or --banks N")
     contract = Contract.load(request.contract)
     table = read_table(request.data)
+    _require_passing(table, contract, str(request.data))
     banks = split_table(table, by=request.split_by, n_banks=request.banks, contract=contract,
                         seed=seed)
     if len(banks) < 2:
         raise DataError(f"{request.data}: splitting gave {len(banks)} bank; need at least 2")
+    for bank_id, rows in banks.items():
+        _require_passing(rows, contract, f"{request.data} (bank '{bank_id}')")
     return banks, contract
+
+
+def _require_passing(table: pd.DataFrame, contract: Contract, source: str) -> None:
+    """The banks' own pre-flight check, here before anything starts: its first error, one line.
+
+    Each simulated bank would refuse such a table at its first message anyway; checking
+    here says why with the values, in seconds, instead of after starting every bank.
+    """
+    report = check_table(table, contract, source)
+    if not report.ok:
+        more = len(report.errors) - 1
+        raise DataError(report.errors[0] + (f" (and {more} more problems)" if more else ""))
 
 
 def _materialize(banks: dict[str, pd.DataFrame], contract: Contract, policy: BankPolicy,
@@ -147,7 +163,7 @@ def _materialize(banks: dict[str, pd.DataFrame], contract: Contract, policy: Ban
     contract.save(data_dir / "contract.toml")
     entries = []
     for bank_id, table in banks.items():
-        write_table(table, data_dir / f"{bank_id}.csv")
+        write_table(table, data_dir / f"{bank_id}.csv", exact=True)  # the bank reads it back
         policy.save(data_dir / "policies" / f"{bank_id}.toml")
         entries.append({"id": bank_id, "file": f"{bank_id}.csv", "rows": len(table),
                         "policy": f"policies/{bank_id}.toml"})
