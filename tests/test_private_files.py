@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import simulate
 
 from fedrisk.data import load_embedded, split_table_file
 from fedrisk.files import private_file, write_private_file
@@ -34,10 +33,8 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_simulate_writes_rows_manifest_and_personalized_models_owner_only(tmp_path):
-    output = tmp_path / "run"
-    with umask(0o022):
-        metrics = simulate(output, "--dataset", "credit_data", "--rounds", "1")
+def test_simulate_writes_rows_manifest_and_personalized_models_owner_only(dp_run):
+    output, metrics = dp_run  # simulated under umask 022
     data = output / "data"
     tables = sorted(data.glob("*.csv"))
     assert len(tables) == len(metrics["banks"]) == 5
