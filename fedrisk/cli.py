@@ -11,6 +11,7 @@ import numpy as np
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedrisk.errors import UserError
@@ -71,6 +72,9 @@ def simulate(
         help="Also train centralized and local-only baselines on the same splits.")] = False,
     bank_policy: Annotated[Path | None, typer.Option(
         help="A bank privacy policy (TOML) applied to every simulated bank.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="HOST:PORT of an existing Ray cluster to run the banks on (default: a local "
+             "Ray for this run); see the README.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower and Ray logs.")] = False,
     show_banks: Annotated[bool, typer.Option(
         help=f"Print every bank's row (above {SUMMARY_ABOVE} banks: quantiles and the worst "
@@ -90,7 +94,8 @@ def simulate(
     overrides |= {k: v for k, v in flags.items() if v is not None}
     _show_progress(verbose)
     metrics = run_simulation(SimulationRequest(dataset, data, contract, split_by, banks,
-                                               overrides, baselines, verbose, bank_policy))
+                                               overrides, baselines, verbose, bank_policy,
+                                               ray_address))
     _print_summary(metrics, output_dir, show_banks)
 
 
@@ -713,8 +718,8 @@ def main() -> None:
     """Entry point: user errors are one line on stderr with exit code 2, never a traceback."""
     try:
         app()
-    except UserError as error:
-        errors.print(f"[red]error:[/red] {error}", highlight=False)
+    except UserError as error:  # escaped: "[...]" in a message is text, not rich markup
+        errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         sys.exit(2)
 
 

@@ -8,6 +8,10 @@ apps and their configuration are identical while failures surface here and
 nothing is left running. The run config is written as a Flower app
 ``pyproject.toml`` in ``<output-dir>/app``: clients read it exactly as they would
 read the project's, and it documents the run.
+
+With a Ray address the same run uses an existing Ray cluster instead of a local
+Ray: the ServerApp stays in this process, the banks' ClientApps run in actors on
+the cluster's nodes (see the README, "Simulate on a Ray cluster").
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import os
 from pathlib import Path
 
+import grpc
 import tomli_w
 from flwr.app import Context, RecordDict
 from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
@@ -25,14 +30,52 @@ from flwr.supercore.constant import NOOP_FEDERATION_ID
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
+from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
+from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
 
 from fedrisk.client.client_app import app as client_app
+from fedrisk.errors import UserError
 from fedrisk.server.server_app import app as server_app
 
 APP_COMPONENTS = {
     "serverapp": "fedrisk.server.server_app:app",
     "clientapp": "fedrisk.client.client_app:app",
 }
+LOCAL_RAY = "local"  # ray.init's "start a new local Ray", whatever RAY_ADDRESS says
+RAY_PROBE_TIMEOUT_S = 5.0
+
+
+class RayClusterError(UserError):
+    """``--ray-address`` does not lead to a Ray cluster; the message says what answered."""
+
+
+def check_ray_cluster(address: str) -> None:
+    """Raise :class:`RayClusterError` unless a Ray cluster's GCS answers at ``HOST:PORT``.
+
+    Asks the GCS for its cluster id with a deadline: a wrong host, a closed port or a
+    server that is not Ray fails within seconds, where ``ray.init`` would retry for
+    minutes.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or "://" in address or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RayClusterError(f"--ray-address {address!r}: expected HOST:PORT of the head "
+                              "node's GCS (what `ray start --head` prints, e.g. 10.0.0.5:6379)")
+    with grpc.insecure_channel(address) as channel:
+        try:
+            NodeInfoGcsServiceStub(channel).GetClusterId(GetClusterIdRequest(),
+                                                          timeout=RAY_PROBE_TIMEOUT_S)
+        except grpc.RpcError as error:
+            raise RayClusterError(f"--ray-address {address}: no Ray cluster answers there "
+                                  f"({_probe_failure(error)})") from None
+
+
+def _probe_failure(error: grpc.RpcError) -> str:
+    """The reason the probe failed, on one line (the innermost error gRPC reports)."""
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer within {RAY_PROBE_TIMEOUT_S:g} s"
+    details = (error.details() or "").splitlines()
+    cause = details[0].rsplit("last error: ", 1)[-1] if details else ""
+    return cause.replace("[", "").replace("]", "").strip() or error.code().name
 
 
 def write_app_config(app_dir: Path, run_config: dict) -> Path:
@@ -49,11 +92,15 @@ def write_app_config(app_dir: Path, run_config: dict) -> Path:
 
 
 def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
-                          cpus_per_bank: float = 1.0, verbose: bool = False) -> int:
+                          cpus_per_bank: float = 1.0, verbose: bool = False,
+                          ray_address: str | None = None) -> int:
     """Simulate ``num_banks`` SuperNodes and the ServerApp; return the run id.
 
     Each bank runs in a Ray actor with ``cpus_per_bank`` CPUs, so on a 2-core machine
-    two banks train at a time. Raises if the ServerApp fails.
+    two banks train at a time. Without ``ray_address`` Ray is started here, for this run
+    only (never a cluster named by ``RAY_ADDRESS``); with it (``HOST:PORT``, checked with
+    :func:`check_ray_cluster`) the banks run on that cluster and read their tables at
+    the same paths there. Raises if the ServerApp fails.
     """
     write_app_config(app_dir, run_config)
     # Keep Ray's current GPU-visibility behaviour without its FutureWarning (CPU-only banks).
@@ -63,7 +110,8 @@ def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
                       run_config=dict(run_config))
     backend_config = {
         "client_resources": {"num_cpus": cpus_per_bank, "num_gpus": 0.0},
-        "init_args": {"logging_level": "WARNING" if verbose else "ERROR",
+        "init_args": {"address": ray_address or LOCAL_RAY,
+                      "logging_level": "WARNING" if verbose else "ERROR",
                       "log_to_driver": verbose, "include_dashboard": False},
     }
     logging.getLogger("flwr").setLevel(logging.INFO)

@@ -32,7 +32,7 @@ from fedrisk.simulations.baselines import (
     local_only_auc,
     local_only_nonprivate_auc,
 )
-from fedrisk.simulations.engine import run_flower_simulation
+from fedrisk.simulations.engine import check_ray_cluster, run_flower_simulation
 
 log = logging.getLogger("fedrisk")
 REFUSALS_FILE = "refusals.json"  # written by the ServerApp when no bank accepted the run
@@ -55,6 +55,11 @@ class SimulationRequest:
         baselines: also train the centralized and local-only reference models.
         bank_policy: a policy file applied to every bank (default: the simulation
             default policy, with the run's test fraction and seed as the banks' split).
+        ray_address: ``HOST:PORT`` of an existing Ray cluster's head to run the banks on
+            (default: a local Ray for this run only). Every node reads the banks' tables
+            and writes their ledgers under ``output-dir``, so it must be storage shared at
+            the same path; simulation puts every bank's rows on every node, so it is for
+            public or synthetic data only.
 
     """
 
@@ -67,6 +72,7 @@ class SimulationRequest:
     baselines: bool = False
     verbose: bool = False
     bank_policy: Path | None = None
+    ray_address: str | None = None
 
 
 def simulate(request: SimulationRequest) -> dict:
@@ -76,6 +82,8 @@ def simulate(request: SimulationRequest) -> dict:
     with a one-line message for bad input, before anything starts.
     """
     config = RunConfig.from_run_config({"dataset": request.dataset, **request.overrides})
+    if request.ray_address:
+        check_ray_cluster(request.ray_address)
     output_dir = Path(config.output_dir).resolve()
     banks, contract = _bank_tables(request, config.seed)
     policy = (BankPolicy.load(request.bank_policy) if request.bank_policy
@@ -97,7 +105,7 @@ def simulate(request: SimulationRequest) -> dict:
         stale.unlink(missing_ok=True)
     try:
         run_flower_simulation(config.to_run_config(), len(banks), output_dir / "app",
-                              verbose=request.verbose)
+                              verbose=request.verbose, ray_address=request.ray_address)
     except Exception:
         if not (output_dir / REFUSALS_FILE).is_file():
             raise
