@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from flwr.clientapp import ClientApp
 
 from fedrisk.config import RunConfig
 from fedrisk.data import (
@@ -55,6 +56,9 @@ class SimulationRequest:
         baselines: also train the centralized and local-only reference models.
         bank_policy: a policy file applied to every bank (default: the simulation
             default policy, with the run's test fraction and seed as the banks' split).
+        bank_app: the ClientApp the simulated banks run instead of fedrisk's own; for
+            studies of misbehaving banks only (``benchmarks/poisoning.py``), never set by
+            the CLI.
 
     """
 
@@ -67,6 +71,7 @@ class SimulationRequest:
     baselines: bool = False
     verbose: bool = False
     bank_policy: Path | None = None
+    bank_app: ClientApp | None = None
 
 
 def simulate(request: SimulationRequest) -> dict:
@@ -97,7 +102,7 @@ def simulate(request: SimulationRequest) -> dict:
         stale.unlink(missing_ok=True)
     try:
         run_flower_simulation(config.to_run_config(), len(banks), output_dir / "app",
-                              verbose=request.verbose)
+                              verbose=request.verbose, bank_app=request.bank_app)
     except Exception:
         if not (output_dir / REFUSALS_FILE).is_file():
             raise
