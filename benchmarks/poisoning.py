@@ -120,7 +120,7 @@ def plot(table: dict[str, dict[str, dict]]) -> None:
                [row[column]["auc"] for row in table.values()], width, label=column)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(table))], list(table))
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_ylim(0.3, 0.85)
+    ax.set_ylim(0.2, 0.85)
     ax.set_ylabel("exact consortium AUC")
     ax.set_title("One of 5 banks poisoning its update (lending_club, no DP)")
     ax.legend(fontsize=8, ncol=2)
