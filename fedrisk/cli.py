@@ -58,7 +58,9 @@ def simulate(
     secure_aggregation: Annotated[bool | None, typer.Option(
         "--secure-aggregation/--no-secure-aggregation", help="Flower SecAgg+.")] = None,
     model: Annotated[str | None, typer.Option(help="mlp or logistic.")] = None,
-    strategy: Annotated[str | None, typer.Option(help="fedavg, fedprox or fedadam.")] = None,
+    strategy: Annotated[str | None, typer.Option(
+        help="fedavg, fedprox, fedadam; without secure aggregation also fedmedian, "
+             "fedtrimmedavg.")] = None,
     privacy_budget_scope: Annotated[str | None, typer.Option(
         help="run: budget per run; dataset: lifetime budget on this data.")] = None,
     personalization: Annotated[str | None, typer.Option(

@@ -14,7 +14,9 @@ from fedrisk.errors import UserError
 from fedrisk.models.histograms import HISTOGRAM_BINS as MAX_HISTOGRAM_BINS
 from fedrisk.models.networks import MODEL_KINDS
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
+# Robust strategies read each bank's own update: impossible when SecAgg+ hides them.
+ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg")
 BUDGET_SCOPES = ("run", "dataset")
 PERSONALIZATION = ("finetune", "none")
 
@@ -55,6 +57,23 @@ class RunConfig:
             last reported ledger head, entry count and lifetime ε; sent to the banks with the
             run's first message so that a bank whose ledger was rolled back refuses. Empty:
             no record (``fedrisk simulate`` and ``consortium run`` set one).
+        strategy: Flower strategy on the coordinator: ``fedavg``, ``fedprox``, ``fedadam``
+            (these work on the sum of updates, so with or without SecAgg+), or the robust
+            ``fedmedian`` (coordinate-wise median) and ``fedtrimmedavg`` (coordinate-wise
+            mean without the ``trimmed-fraction`` largest and smallest values). The robust
+            ones need every bank's update in the clear, so they are refused with
+            ``secure-aggregation``; without SecAgg+ they bound what one poisoning bank
+            does to the model (see the README, "Poisoning").
+        trimmed_fraction: ``fedtrimmedavg``'s beta: the fraction of banks cut at each end of
+            every coordinate (Flower rounds ``beta × banks`` down: with 5 banks, 0.2 cuts
+            the largest and smallest update of each coordinate).
+        update_norm_bound: without SecAgg+, the coordinator scales each bank's update down
+            to at most this multiple of the round's median update L2 norm before the
+            strategy aggregates (0: off). One poisoning bank then weighs at most as much as
+            this many honest-sized updates, whatever it scales its update by; honest updates
+            are within ~1.4× of each other (lending_club, README "Poisoning"), so the
+            default 2 changes none of them. Under SecAgg+ the coordinator sees only the sum,
+            and ``secagg-clipping-range`` bounds each value a bank sends instead.
         secure_aggregation: Flower SecAgg+; the coordinator sees only the sum of updates.
         secagg_num_shares / secagg_reconstruction_threshold: SecAgg+ secret sharing; a
             value ≤ 1 is a fraction of the sampled banks (1.0 = every bank holds a share
@@ -78,6 +97,8 @@ class RunConfig:
     num_server_rounds: int = 5
     strategy: str = "fedavg"
     fedprox_mu: float = 0.01
+    trimmed_fraction: float = 0.2
+    update_norm_bound: float = 2.0
     server_learning_rate: float = 0.1
     fraction_train: float = 1.0
     min_banks: int = 2
@@ -171,6 +192,13 @@ class RunConfig:
         _require(self.min_banks >= 1, "min-banks", "must be at least 1")
         _require(self.model in MODEL_KINDS, "model", f"must be one of {', '.join(MODEL_KINDS)}")
         _require(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        _require(self.update_norm_bound == 0 or self.update_norm_bound >= 1, "update-norm-bound",
+                 "must be 0 (off) or at least 1 (a multiple of the median update norm)")
+        _require(0 <= self.trimmed_fraction < 0.5, "trimmed-fraction", "must be in [0, 0.5)")
+        _require(not (self.secure_aggregation and self.strategy in ROBUST_STRATEGIES), "strategy",
+                 f"{self.strategy} needs each bank's update, which 'secure-aggregation' hides "
+                 "(SecAgg+ shows only their sum): use fedavg, fedprox or fedadam, or turn "
+                 "secure-aggregation off")
         _require(self.accountant in ("rdp", "prv", "gdp"), "accountant", "must be rdp, prv or gdp")
         _require(self.personalization in PERSONALIZATION, "personalization",
                  f"must be one of {', '.join(PERSONALIZATION)}")

@@ -74,7 +74,9 @@ def main(grid: Grid, context: Context) -> None:
     initial = initial_parameters(grid, config, known)
     strategy = UpdateAggregation(make_strategy(config, known), recorder.on_fit,
                                  recorder.on_evaluate, initial,
-                                 evaluation_rounds=config.evaluation_rounds)
+                                 evaluation_rounds=config.evaluation_rounds,
+                                 norm_bound=0.0 if config.secure_aggregation
+                                 else config.update_norm_bound)
     legacy = LegacyContext(context=context, strategy=strategy,
                            config=ServerConfig(num_rounds=config.num_server_rounds))
     DefaultWorkflow(fit_workflow=fit_workflow(config))(grid, legacy)

@@ -5,13 +5,20 @@ SecAgg+ what is masked must be small, since masking clips every value to a fixed
 range. :class:`UpdateAggregation` turns the (aggregated) updates back into
 weights and hands them to a stock Flower strategy (FedAvg, FedProx, FedAdam), so
 the server optimizer is Flower's and one code path serves with and without
-secure aggregation.
+secure aggregation. Without SecAgg+ the coordinator sees each bank's update and may
+use Flower's robust FedMedian or FedTrimmedAvg: they act coordinate-wise on
+``global + update_i``, the same as on the updates, since every bank starts from the
+same global weights. Without SecAgg+ each update is first bounded to a multiple of the
+round's median update norm (:func:`bound_update_norms`), so that one bank cannot drag
+the average arbitrarily far by scaling its update.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 
+import numpy as np
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -24,9 +31,11 @@ from flwr.common import (
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import FedAdam, FedAvg, Strategy
+from flwr.server.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Strategy
 
 from fedrisk.config import RunConfig
+
+log = logging.getLogger("fedrisk")
 
 
 class UpdateAggregation(Strategy):
@@ -43,8 +52,14 @@ class UpdateAggregation(Strategy):
                  on_fit: Callable[[int, list, list], None] | None = None,
                  on_evaluate: Callable[[int, list, list], None] | None = None,
                  initial: Parameters | None = None,
-                 evaluation_rounds: Collection[int] | None = None) -> None:
+                 evaluation_rounds: Collection[int] | None = None,
+                 norm_bound: float = 0.0) -> None:
         """Keep a factory for the wrapped strategy, observers of results, the initial model.
+
+        ``norm_bound``: when positive, each bank's update is scaled down to at most this
+        multiple of the round's median update norm before aggregation. Only meaningful
+        when each result is one bank's update (no SecAgg+: under SecAgg+ every result
+        carries the same aggregate, so the server app passes 0).
 
         ``evaluation_rounds``: the rounds whose global model the banks evaluate (None:
         every round). Under DP each evaluation is an accounted release at every bank; in
@@ -57,6 +72,7 @@ class UpdateAggregation(Strategy):
         self._current: Parameters | None = None
         self._on_fit = on_fit
         self._on_evaluate = on_evaluate
+        self._norm_bound = norm_bound
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """The seeded initial model a bank sent when the run was proposed (no data involved)."""
@@ -76,10 +92,12 @@ class UpdateAggregation(Strategy):
         if self._on_fit is not None:
             self._on_fit(server_round, results, failures)
         current = parameters_to_ndarrays(self._current)
+        updates = [parameters_to_ndarrays(res.parameters) for _, res in results]
+        if self._norm_bound > 0:
+            updates = bound_update_norms(updates, self._norm_bound, server_round)
         as_weights = [
-            (proxy, _with_parameters(res, [c + u for c, u in zip(
-                current, parameters_to_ndarrays(res.parameters), strict=True)]))
-            for proxy, res in results
+            (proxy, _with_parameters(res, [c + u for c, u in zip(current, update, strict=True)]))
+            for (proxy, res), update in zip(results, updates, strict=True)
         ]
         return self._strategy.aggregate_fit(server_round, as_weights, failures)
 
@@ -104,6 +122,28 @@ class UpdateAggregation(Strategy):
         return None
 
 
+def bound_update_norms(updates: list[list[np.ndarray]], bound: float, server_round: int = 0
+                       ) -> list[list[np.ndarray]]:
+    """Scale each update down to L2 norm ``bound`` × the median norm of this round's updates.
+
+    A robustness bound, not a privacy one: the median is set by the honest majority, so a
+    bank that multiplies its update by 1000 contributes at most ``bound`` honest-sized
+    updates, while honest updates (norms within ~1.4× of each other, measured) pass
+    unchanged. Direction is kept; a sign-flipped update is bounded, not removed.
+    """
+    norms = [float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in u)))
+             for u in updates]
+    limit = bound * float(np.median(norms)) if norms else 0.0
+    bounded = []
+    for update, norm in zip(updates, norms, strict=True):
+        if limit > 0 and norm > limit:
+            log.info("round %d: an update of norm %.3g bounded to %.3g (%g x median)",
+                     server_round, norm, limit, bound)
+            update = [a * np.asarray(limit / norm, dtype=a.dtype) for a in update]
+        bounded.append(update)
+    return bounded
+
+
 def _with_parameters(res: FitRes, arrays: list) -> FitRes:
     return FitRes(status=res.status, parameters=ndarrays_to_parameters(arrays),
                   num_examples=res.num_examples, metrics=res.metrics)
@@ -115,8 +155,11 @@ def make_strategy(config: RunConfig, every_message: dict[str, Scalar] | None = N
 
     FedProx aggregates like FedAvg; its proximal term acts in each bank's local
     training. FedAdam treats the mean update as a pseudo-gradient with
-    ``server-learning-rate``. ``every_message`` is added to every round's fit and
-    evaluate config (each bank's last reported ledger head: a rolled-back bank refuses).
+    ``server-learning-rate``. FedMedian and FedTrimmedAvg (``trimmed-fraction``) take
+    the coordinate-wise median or trimmed mean of the banks' models, unweighted: a bank
+    cannot buy influence by claiming more examples. ``every_message`` is added to every
+    round's fit and evaluate config (each bank's last reported ledger head: a rolled-back
+    bank refuses).
     """
     extra = dict(every_message or {})
     common = {
@@ -138,6 +181,10 @@ def make_strategy(config: RunConfig, every_message: dict[str, Scalar] | None = N
     def build(initial: Parameters) -> Strategy:
         if config.strategy == "fedadam":
             return FedAdam(initial_parameters=initial, eta=config.server_learning_rate, **common)
+        if config.strategy == "fedmedian":
+            return FedMedian(**common)
+        if config.strategy == "fedtrimmedavg":
+            return FedTrimmedAvg(beta=config.trimmed_fraction, **common)
         return FedAvg(**common)
 
     return build

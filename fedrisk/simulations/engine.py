@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import tomli_w
 from flwr.app import Context, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
 from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
 from flwr.simulation.run_simulation import _run_simulation
@@ -93,8 +94,13 @@ def write_app_config(app_dir: Path, run_config: dict) -> Path:
 
 def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
                           cpus_per_bank: float = 1.0, verbose: bool = False,
-                          ray_address: str | None = None) -> int:
+                          ray_address: str | None = None,
+                          bank_app: ClientApp | None = None) -> int:
     """Simulate ``num_banks`` SuperNodes and the ServerApp; return the run id.
+
+    ``bank_app``: the ClientApp every simulated bank runs (default: fedrisk's own). Only
+    studies pass another (an adversarial bank, ``benchmarks/poisoning_bank.py``); no CLI
+    flag reaches it.
 
     Each bank runs in a Ray actor with ``cpus_per_bank`` CPUs, so on a 2-core machine
     two banks train at a time. Without ``ray_address`` Ray is started here, for this run
@@ -117,7 +123,7 @@ def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
     logging.getLogger("flwr").setLevel(logging.INFO)
     _run_simulation(
         num_supernodes=num_banks, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=client_app, server_app=server_app, backend_name="ray",
+        client_app=bank_app or client_app, server_app=server_app, backend_name="ray",
         backend_config=backend_config, app_dir=str(app_dir), run=run,
         server_app_context=context, verbose_logging=verbose, is_app=True,
     )

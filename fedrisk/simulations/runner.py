@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from flwr.clientapp import ClientApp
 
 from fedrisk.config import RunConfig
 from fedrisk.data import (
@@ -60,6 +61,9 @@ class SimulationRequest:
             and writes their ledgers under ``output-dir``, so it must be storage shared at
             the same path; simulation puts every bank's rows on every node, so it is for
             public or synthetic data only.
+        bank_app: the ClientApp the simulated banks run instead of fedrisk's own; for
+            studies of misbehaving banks only (``benchmarks/poisoning.py``), never set by
+            the CLI.
 
     """
 
@@ -73,6 +77,7 @@ class SimulationRequest:
     verbose: bool = False
     bank_policy: Path | None = None
     ray_address: str | None = None
+    bank_app: ClientApp | None = None
 
 
 def simulate(request: SimulationRequest) -> dict:
@@ -105,7 +110,8 @@ def simulate(request: SimulationRequest) -> dict:
         stale.unlink(missing_ok=True)
     try:
         run_flower_simulation(config.to_run_config(), len(banks), output_dir / "app",
-                              verbose=request.verbose, ray_address=request.ray_address)
+                              verbose=request.verbose, ray_address=request.ray_address,
+                              bank_app=request.bank_app)
     except Exception:
         if not (output_dir / REFUSALS_FILE).is_file():
             raise
