@@ -76,7 +76,9 @@ def test_many_banks_sparse_secagg_follows_the_data_and_prints_a_summary(tmp_path
     table.to_csv(tmp_path / "pooled.csv", index=False)
     contract.save(tmp_path / "contract.toml")
     runs = {}
-    for name, flags in (("secure", []), ("plain", ["--no-secure-aggregation"])):
+    # plain without the coordinator's norm bound: the two runs then differ only by SecAgg+
+    plain = ["--no-secure-aggregation", "--run-config", "update-norm-bound=0"]
+    for name, flags in (("secure", []), ("plain", plain)):
         result = run_cli("simulate", "--data", str(tmp_path / "pooled.csv"), "--contract",
                          str(tmp_path / "contract.toml"), "--banks", "12", "--rounds", "1",
                          "--no-dp", "--personalization", "none", "--output-dir",
