@@ -11,6 +11,7 @@ change what banks approved.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -24,9 +25,23 @@ def default_app_dir() -> Path:
 
 def app_bundle(app_dir: Path | None = None) -> bytes:
     """The FAB bytes ``flwr run`` sends for ``app_dir`` (default: this fedrisk project)."""
+    folder = Path(app_dir or default_app_dir()).resolve()
+    if folder == default_app_dir():
+        return _fedrisk_bundle()
+    return _build(folder)
+
+
+@functools.cache
+def _fedrisk_bundle() -> bytes:
+    # Built once per process: Flower's builder walks the whole project folder (seconds with
+    # a virtualenv inside), and the code this process runs does not change under it.
+    return _build(default_app_dir())
+
+
+def _build(folder: Path) -> bytes:
     from flwr.cli.build import build_fab_from_disk
 
-    return build_fab_from_disk(Path(app_dir or default_app_dir()))
+    return build_fab_from_disk(folder)
 
 
 def app_bundle_hash(app_dir: Path | None = None) -> str:
