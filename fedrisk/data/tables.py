@@ -109,7 +109,12 @@ def escape_formulas(df: pd.DataFrame) -> pd.DataFrame:
     for position in range(df.shape[1]):  # by position: column names may repeat
         values = df.iloc[:, position]
         if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
-            escaped.isetitem(position, values.map(escape_cell, na_action="ignore"))
+            # escape_cell decides; only cells whose text starts like a formula are asked
+            flagged = values.astype("string").str[:1].isin(FORMULA_PREFIXES).to_numpy(bool)
+            if flagged.any():
+                column = values.astype(object)
+                column[flagged] = values[flagged].map(escape_cell)
+                escaped.isetitem(position, column)
     return escaped
 
 
