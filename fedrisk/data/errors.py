@@ -12,6 +12,12 @@ class DataError(UserError):
     """
 
 
+def first_problem(problems: list[str]) -> str:
+    """The first of ``problems`` (one line each), and how many more there are."""
+    more = len(problems) - 1
+    return problems[0] + (f" (and {more} more problems)" if more else "")
+
+
 def first_line(error: BaseException) -> str:
     """Return the first non-empty line of an exception's message (its type name if empty)."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]

@@ -25,6 +25,7 @@ import pandas as pd
 
 from fedrisk.data import CategoricalFeature, Contract, DataError, NumericFeature, check_table
 from fedrisk.data.checks import EMPTY_COLUMN, empty_column_errors
+from fedrisk.data.errors import first_problem
 from fedrisk.data.values import comparable_strings, comparable_text, quote_name, to_float
 
 ROW_COLUMN = "row"
@@ -103,8 +104,7 @@ def _table_warnings(table: pd.DataFrame, contract: Contract, source: str) -> lis
     errors = [e for e in report.errors
               if not e.startswith(target) and f"': {EMPTY_COLUMN} (" not in e]
     if errors:
-        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-        raise DataError(errors[0] + more)
+        raise DataError(first_problem(errors))
     return [w for w in report.warnings if not w.startswith(target)]
 
 

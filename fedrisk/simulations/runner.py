@@ -22,6 +22,7 @@ from fedrisk.data import (
     stratified_split,
     write_table,
 )
+from fedrisk.data.errors import first_problem
 from fedrisk.errors import UserError
 from fedrisk.files import ensure_private_dir, write_private_file
 from fedrisk.models import ModelSpec
@@ -163,8 +164,7 @@ def _require_passing(table: pd.DataFrame, contract: Contract, source: str) -> No
     """
     report = check_table(table, contract, source)
     if not report.ok:
-        more = len(report.errors) - 1
-        raise DataError(report.errors[0] + (f" (and {more} more problems)" if more else ""))
+        raise DataError(first_problem(report.errors))
 
 
 def _materialize(banks: dict[str, pd.DataFrame], contract: Contract, policy: BankPolicy,
