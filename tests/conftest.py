@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -16,6 +17,20 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `fedrisk ARGS` as a user would; return the finished process."""
     return subprocess.run([sys.executable, "-m", "fedrisk.cli", *args], capture_output=True,
                           text=True, env=ENV, timeout=timeout)
+
+
+def write_embedded(dataset: str, folder: Path, name: str = "pooled"
+                   ) -> tuple[Path, Path, pd.DataFrame]:
+    """An embedded dataset as a user's files: ``folder/<name>.csv`` and ``folder/contract.toml``.
+
+    Returns the table's path, the contract's path and the table.
+    """
+    from fedrisk.data import load_embedded
+
+    table, contract = load_embedded(dataset)
+    table.to_csv(folder / f"{name}.csv", index=False)
+    contract.save(folder / "contract.toml")
+    return folder / f"{name}.csv", folder / "contract.toml", table
 
 
 def simulate(output_dir: Path, *args: str) -> dict:

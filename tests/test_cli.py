@@ -4,17 +4,13 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import run_cli
-
-from fedrisk.data import load_embedded
+from conftest import run_cli, write_embedded
 
 
 @pytest.fixture(scope="module")
 def credit(tmp_path_factory):
     folder = tmp_path_factory.mktemp("credit")
-    table, contract = load_embedded("credit_data")
-    table.to_csv(folder / "credit.csv", index=False)
-    contract.save(folder / "contract.toml")
+    _, _, table = write_embedded("credit_data", folder, "credit")
     return folder, table
 
 

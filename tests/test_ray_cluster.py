@@ -11,11 +11,10 @@ import sys
 import time
 
 import pytest
-from conftest import ENV, run_cli
+from conftest import ENV, run_cli, write_embedded
 from deployment import processes_left
 from raycluster import cluster_state, ray_cluster
 
-from fedrisk.data import load_embedded
 from fedrisk.simulations.engine import RayClusterError, check_ray_cluster
 
 BANKS = 3
@@ -66,11 +65,8 @@ def cluster():
 @pytest.fixture(scope="module")
 def pooled(tmp_path_factory):
     """credit_data as a user's pooled table and contract (split into 3 banks by the runs)."""
-    folder = tmp_path_factory.mktemp("pooled")
-    table, contract = load_embedded("credit_data")
-    table.to_csv(folder / "credit.csv", index=False)
-    contract.save(folder / "contract.toml")
-    return ("--data", str(folder / "credit.csv"), "--contract", str(folder / "contract.toml"))
+    data, contract, _ = write_embedded("credit_data", tmp_path_factory.mktemp("pooled"))
+    return ("--data", str(data), "--contract", str(contract))
 
 
 def bank_actors(address: str) -> list[dict]:

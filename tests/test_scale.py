@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, write_embedded
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
@@ -72,9 +72,7 @@ def test_many_banks_sparse_secagg_follows_the_data_and_prints_a_summary(tmp_path
     """12 banks: a 9-bank SecAgg+ neighbourhood, the weight bound from the tables, no colours;
     without SecAgg+ the coordinator receives each bank's update (so that the one-aggregate
     assertion of test_simulation can fail)."""
-    table, contract = load_embedded("lending_club")
-    table.to_csv(tmp_path / "pooled.csv", index=False)
-    contract.save(tmp_path / "contract.toml")
+    write_embedded("lending_club", tmp_path)  # pooled.csv and contract.toml
     runs = {}
     # plain without the coordinator's norm bound: the two runs then differ only by SecAgg+
     plain = ["--no-secure-aggregation", "--run-config", "update-norm-bound=0"]
