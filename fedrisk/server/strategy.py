@@ -128,8 +128,10 @@ def bound_update_norms(updates: list[list[np.ndarray]], bound: float, server_rou
 
     A robustness bound, not a privacy one: the median is set by the honest majority, so a
     bank that multiplies its update by 1000 contributes at most ``bound`` honest-sized
-    updates, while honest updates (norms within ~1.4× of each other, measured) pass
-    unchanged. Direction is kept; a sign-flipped update is bounded, not removed.
+    updates. Honest updates pass unchanged when their norms are alike (within 1.4× of each
+    other in the default 5-bank run); with banks of very different sizes some are bounded
+    too (README, Poisoning). Direction is kept; a sign-flipped update is bounded, not
+    removed.
     """
     norms = [float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in u)))
              for u in updates]
