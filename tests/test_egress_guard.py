@@ -1,11 +1,14 @@
 """The egress guard blocks every way a malicious ClientApp tries to send rows out."""
 
+import os
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters
+from flwr.common.secure_aggregation.crypto.shamir import create_shares
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -14,6 +17,7 @@ from fedrisk.client.bank_client import BankClient
 from fedrisk.client.guard import egress_guard_mod
 from fedrisk.config import RunConfig
 from fedrisk.data import embedded_banks, load_embedded
+from fedrisk.privacy.secagg_replies import _one_polynomial
 
 
 @pytest.fixture
@@ -154,3 +158,22 @@ def test_the_honest_path_is_unchanged_and_recorded(context):
     entries = bank_for_context(context).ledger.entries()
     egress = [e for e in entries if e.kind == "egress"]
     assert [e.body["message_kind"] for e in egress] == ["train", "evaluate"]
+
+
+def test_secagg_shares_off_the_banks_polynomial_are_caught():
+    """A SecAgg+ share is 16 free-looking bytes per block: only its polynomial pins it down.
+
+    Code inside a bank that rewrote one share (to carry 16 bytes of a row) or shared another
+    secret would pass every length check; the guard's polynomial check must catch it.
+    """
+    secret = os.urandom(306)  # the length of the bank's SECP384R1 secret key (PEM)
+    shares = create_shares(secret, 9, 15)
+    assert _one_polynomial(shares, 9, secret)
+    for index in (0, 8, 14):  # a share fixing the polynomial, and ones checked against it
+        smuggled = list(shares)
+        smuggled[index] = shares[index][:100] + b"row bytes here!!" + shares[index][116:]
+        assert not _one_polynomial(smuggled, 9, secret)
+    assert not _one_polynomial(create_shares(os.urandom(306), 9, 15), 9, secret)
+    assert not _one_polynomial(shares, 5, secret)  # a higher-degree polynomial than agreed
+    assert not _one_polynomial([*shares[:14], shares[0]], 9, secret)  # an index reused
+    assert not _one_polynomial(shares[:8], 9, secret)  # fewer shares than the threshold
