@@ -461,7 +461,7 @@ def test_split_table_by_n_banks(credit):
         split_table(df, by="Home", n_banks=2)
     with pytest.raises(DataError, match="contract"):
         split_table(df, n_banks=2)
-    with pytest.raises(DataError, match="cannot split"):
+    with pytest.raises(DataError, match="cannot split 200 rows .* use fewer banks, more rows"):
         split_table(df.iloc[:200], n_banks=5, contract=contract)
 
 

@@ -160,9 +160,9 @@ def _split_dirichlet(
         if _every_bank_usable(assignment, labels, n_banks, min_rows):
             return {f"bank-{i + 1}": df[assignment == i] for i in range(n_banks)}
     raise DataError(
-        f"{source}: cannot split {len(df)} rows into {n_banks} banks of at least {min_rows} rows "
-        f"with both classes after {_MAX_DIRICHLET_DRAWS} draws; lower n_banks or min_rows, "
-        "or raise alpha"
+        f"{source}: cannot split {len(df)} rows ({int(labels.sum())} defaults) into {n_banks} "
+        f"skewed banks of at least {min_rows} rows and 2 of each class ({_MAX_DIRICHLET_DRAWS} "
+        "draws tried); use fewer banks, more rows, or split by a column"
     )
 
 
