@@ -16,7 +16,8 @@ rows (about 200,000 each), and the default `fedrisk simulate` (5 lending_club ba
 - CPU seconds of all its processes (user + system), and the load average around it;
 - seconds per round (metrics.json `rounds[].seconds`);
 - raw DP-SGD compute: the banks' own `train_locally` at the run's batch size, one thread,
-  timed here on synthetic rows of the same width, times the samples every bank trained
+  timed here in CPU seconds on synthetic rows of the same width, times the samples every
+  bank trained
   (its train rows × local epochs × rounds, plus one personalization epoch); its share of
   the run's CPU seconds, and the overhead ratio (wall − 10 s start-up) / (DP-SGD CPU / cores).
 
@@ -42,7 +43,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from dp_throughput import one_epoch, synthetic_rows  # noqa: E402
+from dp_throughput import FEATURES, GRADES, HIDDEN, synthetic_rows  # noqa: E402
+
+from fedrisk.models import ModelSpec, build_model  # noqa: E402
+from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch  # noqa: E402
+from fedrisk.privacy.dpsgd import TrainingSettings, train_locally  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -114,9 +119,21 @@ def watched_run(command: list[str]) -> dict:
 
 
 def dp_sgd_rate(batch_size: int, rows: int = 20_000) -> float:
-    """Median samples/s of the banks' DP-SGD epoch (``train_locally``, one thread)."""
-    data = synthetic_rows(rows)
-    return float(np.median([one_epoch(data, batch_size, private=True) for _ in range(3)]))
+    """Samples per CPU second of the banks' DP-SGD (``train_locally``, one thread).
+
+    CPU time of the calling thread (torch runs on it alone), so other work on the
+    machine does not inflate it.
+    """
+    features, labels, grades = synthetic_rows(rows)
+    per_epoch = steps_per_epoch(rows, batch_size)
+    rates = []
+    for _ in range(3):
+        model = build_model(ModelSpec("mlp", FEATURES, HIDDEN, 0.05, GRADES))
+        start = time.thread_time()
+        train_locally(model, features, labels, TrainingSettings(1, batch_size, 1.0, 0.9, 1.0),
+                      DPSchedule(1 / per_epoch, per_epoch, 1.0), seed=0, grades=grades)
+        rates.append(rows / (time.thread_time() - start))
+    return float(np.median(rates))
 
 
 def run_case(name: str, rows: int, banks: int, rounds: int, folder: Path) -> dict:
