@@ -538,7 +538,7 @@ def audit_report(
         help="Audit every bank against this ε instead of its ledger's (e.g. a --no-dp run "
              "someone claims is ε = 3).")] = None,
     canaries: Annotated[int, typer.Option(
-        help="Gradient canaries of the one-run white-box audit per bank (0: off).")] = 20_000,
+        help="Gradient canaries of the one-run white-box audit per bank (0: off).")] = 50_000,
     input_canaries: Annotated[int, typer.Option(
         help="Crafted records of the one-run black-box audit per bank (0: off).")] = 1_000,
     trusted_key: TrustedKeyOption = None,

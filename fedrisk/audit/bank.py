@@ -313,6 +313,7 @@ def _canary_audit(split: _Split, run: RunFacts, dp_spec: dict[str, Any],
         return {"applicable": False, "claimed_epsilon": claim, "claim_source": source,
                 "detail": "no verified training spend of this run in the bank's ledger: "
                           "nothing to replay"}
+    started = time.monotonic()
     args = (train_fn, shadow, split.x_train, split.y_train, split.grades_train)
     result = {"applicable": True, "claimed_epsilon": claim, "claim_source": source,
               "white_box": white_box_audit(*args, settings.canaries,
@@ -322,7 +323,7 @@ def _canary_audit(split: _Split, run: RunFacts, dp_spec: dict[str, Any],
         if settings.claimed_epsilon is not None:
             black["epsilon_claim"] = settings.claimed_epsilon
         result["black_box"] = black
-    return result
+    return result | {"seconds": round(time.monotonic() - started, 2)}
 
 
 def _implementation(dp_spec: dict[str, Any], run: RunFacts, n_train: int,

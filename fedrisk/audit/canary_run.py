@@ -48,7 +48,7 @@ from .mia import model_logits
 from .one_run import one_run_bound
 from .trainer import TrainFn, TrainPlan
 
-DEFAULT_CANARIES = 20_000
+DEFAULT_CANARIES = 50_000
 DEFAULT_INPUT_CANARIES = 1_000
 DEFAULT_CONFIDENCE = 0.95
 CANARY_NORM = 1e3

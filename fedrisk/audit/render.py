@@ -90,7 +90,7 @@ def canary_plot(document: dict[str, Any]) -> str:
     banks = document["banks"]
     compare = {b["id"]: b for b in document.get("compare", {}).get("banks", [])}
     x = np.arange(len(banks))
-    figure, axis = plt.subplots(figsize=(7, 3.4))
+    figure, axis = plt.subplots(figsize=(9, 3.4))
     width = 0.2
     axis.bar(x - 1.5 * width, [_num(b.get("canary_claimed_epsilon")) for b in banks], width,
              label="claimed ε", color="#4c78a8")
@@ -106,7 +106,7 @@ def canary_plot(document: dict[str, Any]) -> str:
             label="white-box bound, compare run", color="#f28e2b")
     axis.set_xticks(x, [b["id"] for b in banks], fontsize=8)
     axis.set_ylabel("ε")
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     axis.set_title("one-run canary audit: what the bank's mechanism provably leaks")
     return _png(figure)
 
