@@ -170,6 +170,7 @@ def canary_summary(parts: list[dict[str, Any]], banks: list[dict[str, Any]]) -> 
         "passed": _all_or_none([b["canary_passed"] for b in applicable]),
         "claim_source": first.get("claim_source"),
         "confidence": (first.get("white_box") or {}).get("confidence"),
+        "canary_norm": (first.get("white_box") or {}).get("canary_norm"),
         "method": "one-run audit (Steinke, Nasr, Jagielski 2023, arXiv 2305.08846): m "
                   "canaries each in a shadow replay of the bank's mechanism with probability "
                   "1/2, guesses on the highest and lowest scores with abstentions",

@@ -149,7 +149,7 @@ if not loop.last %}, {% endif %}{% endfor %}.</p>
 <p class="note">Method: {{ doc.canary_audit.method }}. At each bank, on its own training rows,
 a shadow run that is never released replays the mechanism its verified ledger records (σ,
 sampling rate, clipping bound C, steps, rounds). <b>White-box</b>: Dirac gradient canaries of norm
-{{ (doc.bank_parts.values()|list)[0].canary_audit.white_box.canary_norm|int }}·C (so a
+{{ doc.canary_audit.canary_norm|int }}·C (so a
 mechanism that does not clip shows it) go through the banks' own Poisson sampling, clipping
 and noise; the auditor sees every step's noisy sum, as a coordinator sees every update.
 <b>Black-box</b>: crafted records (mislabeled outliers) scored by the shadow model alone.
