@@ -173,10 +173,11 @@ The bound is {{ doc.canary_audit.meaning }}.</p>
 <h3>Membership inference on the banks' own rows</h3>
 <p class="note"><b>Power:</b> membership inference on the natural rows of a small,
 well-generalizing model has almost no statistical power: a non-private run and a DP run at ε = 3
-give about the same MIA AUC (≈ 0.5) and an ε lower bound near 0{% if doc.compare %} (this run
-against the compare run, side by side below: mean MIA AUC {{ (doc.banks|map(attribute='mia_auc')|sum
-/ doc.banks|length)|f }} vs {{ (doc.compare.banks|map(attribute='compare_mia_auc')|sum
-/ doc.compare.banks|length)|f }}){% endif %}, so passing it says little. It is kept because it is
+give about the same MIA AUC (≈ 0.5) and an ε lower bound near 0{% if doc.compare %}{% set
+theirs = doc.compare.banks|map(attribute='compare_mia_auc')|select('number')|list %} (this run
+against the compare run, side by side below: mean MIA AUC {{ (doc.banks|map(attribute='mia_auc')
+|sum / doc.banks|length)|f }} vs {{ (theirs|sum / ([theirs|length, 1]|max))|f }}){% endif %}, so
+passing it says little. It is kept because it is
 what an attacker holding only the model achieves; the canary audit above is what can fail a
 mechanism that adds too little noise or does not clip.</p>
 <p class="note">Members: each bank's train split; non-members: its held-out split. Attacks:
