@@ -534,30 +534,43 @@ def audit_report(
         help="Audit only this bank (repeatable); default: every bank.")] = None,
     references: Annotated[int, typer.Option(
         help="Reference models per bank for RMIA/LiRA (complementary pairs).")] = 4,
+    claimed_epsilon: Annotated[float | None, typer.Option(
+        help="Audit every bank against this ε instead of its ledger's (e.g. a --no-dp run "
+             "someone claims is ε = 3).")] = None,
+    canaries: Annotated[int, typer.Option(
+        help="Gradient canaries of the one-run white-box audit per bank (0: off).")] = 50_000,
+    input_canaries: Annotated[int, typer.Option(
+        help="Crafted records of the one-run black-box audit per bank (0: off).")] = 1_000,
     trusted_key: TrustedKeyOption = None,
     trusted_keys: TrustedKeysOption = None,
 ) -> None:
     """Audit a finished run: measured privacy, DP implementation check, fairness, reasons, utility.
 
     Exits 1 when a bank's ledger fails verification (chain, anchor, or the pinned key of
-    --trusted-key/--trusted-keys), or a DP run fails (an empirical ε lower bound above its
-    claim, or a failed implementation check), so it can gate a release.
+    --trusted-key/--trusted-keys), or a run with a claim (DP, or --claimed-epsilon) fails
+    (an empirical ε lower bound above its claim, or a failed implementation check), so it
+    can gate a release.
     """
+    if claimed_epsilon is not None and not claimed_epsilon >= 0:
+        _fail(f"--claimed-epsilon must be a number at least 0, not {claimed_epsilon}")
+    if canaries < 0 or input_canaries < 0:
+        _fail("--canaries and --input-canaries must be at least 0")
     from fedrisk.audit import AuditError, AuditSettings, build_audit
 
     pins = _trusted(trusted_key, trusted_keys)
     output = output or run_dir / "audit"
+    settings = AuditSettings(n_reference=references, canaries=canaries,
+                             input_canaries=input_canaries, claimed_epsilon=claimed_epsilon)
     try:
-        document = build_audit(run_dir, output, compare, bank,
-                               AuditSettings(n_reference=references), trusted_keys=pins)
+        document = build_audit(run_dir, output, compare, bank, settings, trusted_keys=pins)
     except AuditError as error:
         _fail(str(error))
+    verdict = {None: "no claim", True: "passed", False: "[red]FAILED[/red]"}
     for row in document["banks"]:
-        verdict = {None: "no DP claim", True: "passed", False: "[red]FAILED[/red]"}
         eps = "-" if row["epsilon"] is None else f"{row['epsilon']:.3f}"
         console.print(f"{row['id']:<16} ε {eps:>6}  MIA AUC {row['mia_auc']:.3f}  "
                       f"TPR@1%FPR {row['tpr_at_1pct_fpr']:.3f}  "
-                      f"ε_LB {row['epsilon_lower_bound']:.2f}  "
+                      f"ε_LB {row['epsilon_lower_bound']:.2f}{_canary_text(row)}  "
                       f"{verdict[row['audit_passed']]}", highlight=False)
     check = document["implementation_check"]["passed"]
     if check is not None:
@@ -569,8 +582,20 @@ def audit_report(
                           f"({row.get('ledger_reason') or 'no ledger on this data'})",
                           highlight=False)
     console.print(f"wrote {output / 'audit.json'}, {output / 'audit.html'}", highlight=False)
-    if not document["ledgers_ok"] or (document["dp"] and not (document["audit_passed"] and check)):
+    claimed = document["dp"] or claimed_epsilon is not None
+    if (not document["ledgers_ok"] or (claimed and document["audit_passed"] is not True)
+            or check is False):
         raise typer.Exit(1)
+
+
+def _canary_text(row: dict) -> str:
+    """`` canary ε_LB 1.21 / 2.73`` (white-box bound / claim) for one bank's audit line."""
+    bound = row.get("canary_epsilon_lower_bound")
+    if bound is None:
+        return ""
+    claim = row.get("canary_claimed_epsilon")
+    text = f"  canary ε_LB {bound:.2f}" + ("" if claim is None else f" / {claim:.2f}")
+    return text + ("  [red]canary FAILED[/red]" if row.get("canary_passed") is False else "")
 
 
 def _parse_run_config(text: str | None) -> dict[str, str]:

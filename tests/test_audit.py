@@ -19,7 +19,7 @@ from scipy.stats import binomtest
 import fedrisk.privacy.clipping as clipping_module
 import fedrisk.privacy.dpsgd as dpsgd_module
 from fedrisk.audit import AuditSettings, build_audit, merge_bank_parts
-from fedrisk.audit.bank import _verdict, bank_audit
+from fedrisk.audit.bank import RunFacts, _verdict, bank_audit
 from fedrisk.audit.canary import (
     check_accounting,
     check_clipping,
@@ -27,9 +27,11 @@ from fedrisk.audit.canary import (
     check_poisson,
     check_training_path,
 )
+from fedrisk.audit.canary_run import ShadowRun, white_box_audit
 from fedrisk.audit.dp_spec import bank_dp_spec
 from fedrisk.audit.eval_attack import measure_eval_attack
 from fedrisk.audit.mia import clopper_pearson, epsilon_lower_bound
+from fedrisk.audit.one_run import one_run_bound, p_value
 from fedrisk.audit.render import render_html
 from fedrisk.audit.report import SECTIONS
 from fedrisk.audit.run import bank_inputs, load_metrics, run_facts
@@ -38,7 +40,7 @@ from fedrisk.data import embedded_banks, load_embedded, stratified_split
 from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
 from fedrisk.models.histograms import FINE_GRID
 from fedrisk.models.metrics import HISTOGRAM_BINS
-from fedrisk.privacy.accounting import DPSchedule, compose_epsilon, steps_per_epoch
+from fedrisk.privacy.accounting import DPSchedule, compose_epsilon, plan_schedule, steps_per_epoch
 from fedrisk.privacy.chain import TrustedKeys
 from fedrisk.privacy.keys import load_or_create_signing_key, public_key_pem
 from fedrisk.privacy.ledger import EgressLedger
@@ -275,7 +277,14 @@ def test_audit_json_has_the_documented_keys(audit):
         assert attack["passed"] is True and attack["trials"] == AuditSettings().eval_attack_trials
         assert attack["epsilon_lower_bound"] <= attack["epsilon_release"]
         assert 0 <= attack["fpr"] <= attack["tpr"] <= 1
+        assert bank["canary_count"] == AuditSettings().canaries and bank["canary_passed"] is True
+        assert bank["canary_claimed_epsilon"] == bank["epsilon_global_model"]
+        assert 0 < bank["canary_epsilon_lower_bound"] <= bank["canary_claimed_epsilon"]
+        assert bank["canary_correct"] <= bank["canary_guesses"]
+        assert bank["canary_confidence"] == 0.95
+        assert bank["canary_black_box_passed"] is True and bank["canary_black_box_count"] > 0
     assert document["implementation_check"]["passed"] is True
+    assert document["canary_audit"]["passed"] is True
     assert document["fairness"]["views"].keys() >= {"Age (band)", "Marital"}
 
 
@@ -284,7 +293,7 @@ def test_html_is_self_contained_with_every_section(audit):
     html = (out / "audit.html").read_text()
     for key, title in SECTIONS:
         assert f'id="{key}"' in html and title.split(". ", 1)[1] in html
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == 6
     assert "http://" not in html and "https://" not in html
 
 
@@ -362,3 +371,109 @@ def test_a_dp_run_whose_evaluation_left_exact_fails_the_audit(tiny_part):
     document = merge_bank_parts([part], {"config": CONFIG})
     assert document["audit_passed"] is False
     assert 'class="banner bad"' in render_html(document)
+
+
+# ----- one-run canary audit (Steinke, Nasr, Jagielski 2023) --------------------------------
+
+
+def test_one_run_p_value_is_the_binomial_tail_without_delta():
+    # ε-DP: correct guesses are no better than randomized response, Binomial(r, e^ε/(1+e^ε))
+    assert p_value(1000, 100, 70, 1.0, 0.0) == pytest.approx(
+        binomtest(70, 100, 1 / (1 + math.exp(-1.0)), alternative="greater").pvalue, rel=1e-9)
+    assert p_value(1000, 100, 70, 1.0, 1e-5) > p_value(1000, 100, 70, 1.0, 0.0)
+
+
+def test_one_run_bound_of_randomized_response_approaches_but_stays_below_its_epsilon():
+    # randomized response on each canary's bit is exactly ε-DP per canary: the theorem is tight
+    epsilon, m = 2.0, 20000
+    rng = np.random.default_rng(0)
+    included = rng.random(m) < 0.5
+    keep = rng.random(m) < 1 / (1 + math.exp(-epsilon))
+    scores = np.where(keep, included, ~included).astype(float) + rng.random(m) * 1e-3
+    bound = one_run_bound(scores, included, delta=0.0)
+    assert 0.8 * epsilon < bound["epsilon_lower_bound"] <= epsilon
+    assert one_run_bound(rng.normal(size=m), included, delta=1e-5)["epsilon_lower_bound"] < 0.2
+
+
+def _canary_part(tiny_run, claimed_epsilon=None, dp=True) -> dict:
+    """One bank's part with only what the canary audit needs (no references, no impl. check)."""
+    metrics = load_metrics(tiny_run)
+    facts, model = run_facts(tiny_run, metrics)
+    facts = RunFacts(facts.run_id, {**facts.config, "dp": dp}, facts.spec)
+    settings = AuditSettings(n_reference=0, implementation_check=False, input_canaries=0,
+                             eval_attack_trials=20, claimed_epsilon=claimed_epsilon)
+    return bank_audit(bank_inputs(tiny_run, metrics)[0], model, facts, settings)
+
+
+def _assert_failed_by_the_canary_audit_alone(part: dict, claim: float) -> None:
+    verdict = part["verdict"]
+    assert verdict["canary"]["claimed_epsilon"] == pytest.approx(claim)
+    assert part["canary_audit"]["white_box"]["epsilon_lower_bound"] > max(claim, 3.0)
+    assert verdict["canary"]["passed"] is False and verdict["audit_passed"] is False
+    assert verdict["global"]["passed"] is True  # membership inference alone would pass it
+    assert part["implementation_check"]["passed"] is None  # not run, or no DP to check
+    document = merge_bank_parts([part], {"config": CONFIG})
+    assert document["audit_passed"] is False and document["banks"][0]["canary_passed"] is False
+    html = render_html(document)
+    assert 'class="banner bad"' in html and "canary audit proves" in html
+
+
+def test_a_run_claiming_its_epsilon_without_noise_is_failed_by_the_canary_audit(
+        tiny_run, monkeypatch):
+    original = dpsgd_module.add_noise
+
+    def no_noise(flat_grad, std, expected_batch_size, rng):
+        original(flat_grad, 0.0, expected_batch_size, rng)
+
+    monkeypatch.setattr(dpsgd_module, "add_noise", no_noise)
+    part = _canary_part(tiny_run)
+    _assert_failed_by_the_canary_audit_alone(part, part["dp_spec"]["epsilon_global_model"])
+
+
+def test_a_path_that_does_not_clip_is_failed_by_the_canary_audit(tiny_run, monkeypatch):
+    monkeypatch.setattr(clipping_module, "clip_factors", lambda norms, _: torch.ones_like(norms))
+    part = _canary_part(tiny_run)
+    _assert_failed_by_the_canary_audit_alone(part, part["dp_spec"]["epsilon_global_model"])
+
+
+def test_a_non_private_run_claimed_to_be_epsilon_3_is_failed_by_the_canary_audit(tiny_run):
+    part = _canary_part(tiny_run, claimed_epsilon=3.0, dp=False)
+    assert part["canary_audit"]["claim_source"] == "--claimed-epsilon"
+    assert part["canary_audit"]["white_box"]["score"] == "sum of the canary's coordinate"
+    _assert_failed_by_the_canary_audit_alone(part, 3.0)
+
+
+def test_a_correct_mechanism_at_epsilon_3_gets_a_bound_between_1_and_its_claim(monkeypatch):
+    """The default run's mechanism at the west bank: ≥ 1/3 tight, never above the claim."""
+    draws = iter(range(1000))  # deterministic noise, sampling and canaries for the test only
+    monkeypatch.setattr(dpsgd_module, "secret_generator",
+                        lambda: np.random.default_rng(next(draws)))
+    contract = load_embedded("lending_club")[1]
+    train, _ = stratified_split(embedded_banks("lending_club")["west"], contract, 0.2, 0)
+    features, labels, grades = (contract.encode(train), contract.labels(train),
+                                contract.grades(train))
+    plan = plan_schedule(len(labels), 256, 2, 5, 3.0, 1e-5, personalization_epochs=1)
+    phases = (DPSchedule(plan.sample_rate, plan.steps_per_round, plan.noise_multiplier),) * 5
+    spec = ModelSpec("mlp", contract.n_features, (64,), contract.prior_default_rate,
+                     len(contract.grade_levels))
+    shadow = ShadowRun(spec, 0, TrainPlan(2, 256, 1.0, 0.9, 1.0), phases, 5, 1e-5)
+    claim = shadow.epsilon(len(labels))
+    assert 2.5 < claim <= 3.0
+    for _ in range(3):
+        bound = white_box_audit(bank_training_path(), shadow, features, labels, grades,
+                                rng=dpsgd_module.secret_generator())
+        assert 1.0 <= bound["epsilon_lower_bound"] <= claim, bound
+        assert bound["steps"] == 5 * plan.steps_per_round
+
+
+def test_audit_report_fails_a_run_against_a_smaller_claimed_epsilon(tiny_run, tmp_path):
+    bank = json.loads((tiny_run / "metrics.json").read_text())["banks"][0]["id"]
+    result = run_cli("audit", "report", str(tiny_run), "-o", str(tmp_path / "audit"),
+                     "--references", "0", "--input-canaries", "0", "--bank", bank,
+                     "--claimed-epsilon", "0.05")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "canary FAILED" in result.stdout and " / 0.05" in result.stdout
+    document = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert document["claimed_epsilon"] == 0.05 and document["audit_passed"] is False
+    assert document["banks"][0]["canary_claimed_epsilon"] == 0.05
+    assert run_cli("audit", "report", str(tiny_run), "--claimed-epsilon", "-1").returncode == 2

@@ -174,3 +174,24 @@ def test_dp_randomness_is_secret_and_plain_training_reproducible():
     first, plain, _ = dp_run(0, None)
     second, _, _ = dp_run(0, None)
     assert torch.equal(first, second) and plain.history == []
+
+
+def test_audit_canaries_are_clipped_with_the_records_and_change_nothing_else():
+    """The audit-only extra records: clipped to C by the same call, on their own layer only."""
+    model, rows = bank_rows()
+    canary_layer = nn.Linear(3, 3, bias=False)
+    model.add_module("audit_canaries", canary_layer)
+    batch, bound = torch.arange(len(rows)), 0.5
+    plain, norms, parameters = clipped_sum(model, rows, batch, bound)
+    inputs = torch.tensor([[1e3, 0, 0], [0, 0.1, 0]])  # one canary far above C, one below
+    backprops = torch.tensor([[0, 1.0, 0], [0, 0, 1.0]])
+    with LinearRecordGradients(model) as per_record:
+        with_canaries = per_record.clipped_sum(rows.record_losses(batch), bound,
+                                               {canary_layer: (inputs, backprops)})
+        got = per_record.flat_grad.clone()
+    offset = sum(p.numel() for p in parameters[:-1])  # the canary layer's weight comes last
+    torch.testing.assert_close(with_canaries, norms)
+    torch.testing.assert_close(got[:offset], plain[:offset])
+    expected = torch.zeros(3, 3)
+    expected[1, 0], expected[2, 1] = bound, 0.1  # clipped to C; small enough to pass as is
+    torch.testing.assert_close(got[offset:].view(3, 3), expected, rtol=1e-5, atol=1e-6)

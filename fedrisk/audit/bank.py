@@ -26,6 +26,14 @@ from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch
 from fedrisk.privacy.chain import TrustedKeys
 
 from .canary import check_accounting, check_training_path
+from .canary_run import (
+    DEFAULT_CANARIES,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_INPUT_CANARIES,
+    ShadowRun,
+    black_box_audit,
+    white_box_audit,
+)
 from .dp_spec import bank_dp_spec
 from .eval_attack import DEFAULT_TRIALS, measure_eval_attack
 from .explanations import bank_explanations
@@ -104,6 +112,13 @@ class AuditSettings:
         implementation_check: run the canary test of the DP path (DP runs only).
         eval_attack_trials: releases per side of the crafted-model attack on the
             evaluation (target held out, and not).
+        canaries: gradient canaries of the one-run white-box audit (0: no canary audit);
+            the bound's power grows with them (see :mod:`fedrisk.audit.canary_run`).
+        input_canaries: crafted records of the one-run black-box audit (0: none).
+        canary_confidence: confidence of the canary bounds: a correct mechanism is
+            reported above its claim with probability at most ``1 − canary_confidence``.
+        claimed_epsilon: audit every bank against this ε instead of its ledger's (e.g. a
+            ``--no-dp`` run someone claims is private); None: each bank's own claim.
 
     """
 
@@ -112,6 +127,10 @@ class AuditSettings:
     threshold: float | None = None
     implementation_check: bool = True
     eval_attack_trials: int = DEFAULT_TRIALS
+    canaries: int = DEFAULT_CANARIES
+    input_canaries: int = DEFAULT_INPUT_CANARIES
+    canary_confidence: float = DEFAULT_CONFIDENCE
+    claimed_epsilon: float | None = None
 
 
 def bank_audit(bank: BankData, model: nn.Module, run: RunFacts,
@@ -141,6 +160,7 @@ def bank_audit(bank: BankData, model: nn.Module, run: RunFacts,
         "dp_spec": dp_spec, "membership": privacy,
         "implementation_check": _implementation(dp_spec, run, len(train), settings, train_fn),
         "eval_attack": _eval_attack(split, run, dp_spec, settings),
+        "canary_audit": _canary_audit(split, run, dp_spec, settings, train_fn),
         "fairness": bank_fairness(contract, test, split.test_logits(model), split.y_test,
                                   threshold),
         "explanations": bank_explanations(model, contract, train, test, threshold,
@@ -148,7 +168,8 @@ def bank_audit(bank: BankData, model: nn.Module, run: RunFacts,
         "utility": bank_utility(split.test_logits(model), split.y_test),
         "threshold": threshold,
     }
-    part["verdict"] = _verdict(part, run.dp)
+    part["verdict"] = _verdict(part, run.dp or settings.claimed_epsilon is not None,
+                               settings.claimed_epsilon)
     part["seconds"] = round(time.monotonic() - started, 2)
     return part
 
@@ -168,6 +189,10 @@ class _Split:
 
     def test_logits(self, model: nn.Module) -> np.ndarray:
         return model_logits(model, self.x_test)
+
+    @property
+    def grades_train(self) -> np.ndarray | None:
+        return None if self.grades is None else self.grades[:len(self.y_train)]
 
 
 def _dp_spec(bank: BankData, run: RunFacts, fingerprint: str, n_train: int) -> dict[str, Any]:
@@ -246,6 +271,61 @@ def _eval_attack(split: _Split, run: RunFacts, dp_spec: dict[str, Any],
                                settings.eval_attack_trials, run.spec.prior_default_rate)
 
 
+def _shadow_run(run: RunFacts, dp_spec: dict[str, Any]) -> ShadowRun | None:
+    """The mechanism the bank ran on its training rows: its ledger's rounds, σ, q and steps.
+
+    None for a DP run whose verified ledger holds no training spend of this run (nothing
+    to replay); a non-private run replays the run config's rounds without DP.
+    """
+    config = run.config
+    clip = dp_spec.get("max_grad_norm")
+    plan = run.plan()
+    if isinstance(clip, float | int):
+        plan = TrainPlan(plan.local_epochs, plan.batch_size, plan.learning_rate,
+                         plan.momentum, float(clip))
+    delta = float(dp_spec.get("delta") or config.get("target-delta", 1e-5))
+    if not run.dp:
+        return ShadowRun(run.spec, int(config.get("seed", 0)), plan, None,
+                         int(config.get("num-server-rounds", 5)), delta)
+    phases = tuple(DPSchedule(float(p["sample_rate"]), int(p["steps"]),
+                              float(p["noise_multiplier"]))
+                   for p in dp_spec.get("phases", []) if p.get("phase", "train") == "train")
+    if not phases or not dp_spec.get("ledger", {}).get("ok"):
+        return None
+    return ShadowRun(run.spec, int(config.get("seed", 0)), plan, phases, len(phases), delta)
+
+
+def _canary_audit(split: _Split, run: RunFacts, dp_spec: dict[str, Any],
+                  settings: AuditSettings, train_fn: TrainFn) -> dict[str, Any]:
+    """One-run canary audits (white-box headline, black-box beside it) of the bank's mechanism.
+
+    The claim is the global model's ε from the verified ledger (the rounds the shadow run
+    replays), or ``settings.claimed_epsilon``.
+    """
+    claim = (settings.claimed_epsilon if settings.claimed_epsilon is not None
+             else dp_spec.get("epsilon_global_model") if run.dp else None)
+    source = "--claimed-epsilon" if settings.claimed_epsilon is not None else "ledger"
+    if settings.canaries <= 0:
+        return {"applicable": False, "claimed_epsilon": claim, "claim_source": source,
+                "detail": "canary audit switched off (canaries = 0)"}
+    shadow = _shadow_run(run, dp_spec)
+    if shadow is None:
+        return {"applicable": False, "claimed_epsilon": claim, "claim_source": source,
+                "detail": "no verified training spend of this run in the bank's ledger: "
+                          "nothing to replay"}
+    started = time.monotonic()
+    args = (train_fn, shadow, split.x_train, split.y_train, split.grades_train)
+    result = {"applicable": True, "claimed_epsilon": claim, "claim_source": source,
+              "white_box": white_box_audit(*args, settings.canaries,
+                                           settings.canary_confidence)}
+    if settings.input_canaries > 0:
+        black = black_box_audit(*args, settings.input_canaries, settings.canary_confidence)
+        if settings.claimed_epsilon is not None:
+            black["epsilon_claim"] = settings.claimed_epsilon
+        result["black_box"] = black
+    return result | {"seconds": round(time.monotonic() - started, 2)}
+
+
 def _implementation(dp_spec: dict[str, Any], run: RunFacts, n_train: int,
                     settings: AuditSettings, train_fn: TrainFn) -> dict[str, Any]:
     if not run.dp:
@@ -264,20 +344,39 @@ def _implementation(dp_spec: dict[str, Any], run: RunFacts, n_train: int,
             "noise_multiplier": sigma, "max_grad_norm": clip, "checks": checks}
 
 
-def _verdict(part: dict[str, Any], dp: bool) -> dict[str, Any]:
-    """Per model: does the empirical lower bound stay at or below the claimed ε."""
+def _verdict(part: dict[str, Any], dp: bool, claimed_epsilon: float | None = None
+             ) -> dict[str, Any]:
+    """Per model and canary audit: does the empirical lower bound stay at or below the claim.
+
+    ``dp``: the run makes a claim (DP, or ``claimed_epsilon`` given); ``claimed_epsilon``
+    replaces the ledger's claim for the trained models and the canary audits.
+    """
     spec, membership = part["dp_spec"], part["membership"]
-    rows = {"global": (membership["global"], spec.get("epsilon_global_model"))}
+    override = claimed_epsilon
+
+    def claim(value: float | None) -> float | None:
+        return override if override is not None else value
+
+    rows = {"global": (membership["global"]["epsilon_lower_bound"],
+                       claim(spec.get("epsilon_global_model")))}
     if "personalized" in membership:
-        rows["personalized"] = (membership["personalized"], spec.get("epsilon"))
+        rows["personalized"] = (membership["personalized"]["epsilon_lower_bound"],
+                                claim(spec.get("epsilon")))
     if "eval_attack" in part:  # claim: ε of one evaluation release (0 if none was noised)
-        rows["evaluation"] = (part["eval_attack"], part["eval_attack"]["epsilon_release"] or 0.0)
+        attack = part["eval_attack"]
+        rows["evaluation"] = (attack["epsilon_lower_bound"], attack["epsilon_release"] or 0.0)
+    canaries = part.get("canary_audit", {})
+    if canaries.get("applicable"):
+        rows["canary"] = (canaries["white_box"]["epsilon_lower_bound"],
+                          canaries["claimed_epsilon"])
+        if "black_box" in canaries:
+            rows["canary_black_box"] = (canaries["black_box"]["epsilon_lower_bound"],
+                                        canaries["black_box"]["epsilon_claim"])
     verdict: dict[str, Any] = {}
-    for name, (attack, claim) in rows.items():
-        bound = attack["epsilon_lower_bound"]
-        ok = None if not dp or claim is None else bool(bound <= claim)
+    for name, (bound, value) in rows.items():
+        ok = None if not dp or value is None else bool(bound <= value)
         verdict[name] = {"epsilon_lower_bound": bound,
-                         "claimed_epsilon": None if claim is None or math.isinf(claim) else claim,
+                         "claimed_epsilon": None if value is None or math.isinf(value) else value,
                          "passed": ok}
     values = [v["passed"] for v in verdict.values()]
     verdict["audit_passed"] = None if not dp else all(v is True for v in values)

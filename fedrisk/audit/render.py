@@ -85,6 +85,32 @@ def epsilon_plot(document: dict[str, Any]) -> str:
     return _png(figure)
 
 
+def canary_plot(document: dict[str, Any]) -> str:
+    """Per bank: claimed ε against the one-run canary bounds (red: white-box bound above it)."""
+    banks = document["banks"]
+    compare = {b["id"]: b for b in document.get("compare", {}).get("banks", [])}
+    x = np.arange(len(banks))
+    figure, axis = plt.subplots(figsize=(9, 3.4))
+    width = 0.2
+    axis.bar(x - 1.5 * width, [_num(b.get("canary_claimed_epsilon")) for b in banks], width,
+             label="claimed ε", color="#4c78a8")
+    axis.bar(x - 0.5 * width, [_num(b.get("canary_epsilon_lower_bound")) for b in banks],
+             width, label="white-box canary bound (95%)",
+             color=["#d62728" if b.get("canary_passed") is False else "#59a14f" for b in banks])
+    axis.bar(x + 0.5 * width, [_num(b.get("canary_black_box_epsilon_lower_bound"))
+                               for b in banks], width, label="black-box canary bound (95%)",
+             color="#b07aa1")
+    if compare:
+        axis.bar(x + 1.5 * width, [_num(compare.get(b["id"], {}).get(
+            "compare_canary_epsilon_lower_bound")) for b in banks], width,
+            label="white-box bound, compare run", color="#f28e2b")
+    axis.set_xticks(x, [b["id"] for b in banks], fontsize=8)
+    axis.set_ylabel("ε")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    axis.set_title("one-run canary audit: what the bank's mechanism provably leaks")
+    return _png(figure)
+
+
 def _num(value: Any) -> float:
     try:
         number = float(value)
@@ -160,6 +186,7 @@ def calibration_plot(document: dict[str, Any], min_rows: int = 10) -> str:
 def plots(document: dict[str, Any]) -> dict[str, str]:
     """Every plot of the report as a base64 PNG."""
     return {"roc": roc_plot(document), "epsilon": epsilon_plot(document),
+            "canary": canary_plot(document),
             "fairness": fairness_plot(document), "attributions": attribution_plot(document),
             "calibration": calibration_plot(document)}
 

@@ -78,11 +78,13 @@ def merge_bank_parts(parts: list[dict[str, Any]], run: dict[str, Any],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_id": run.get("run_id"), "run_dir": run.get("run_dir"),
         "privacy": run.get("privacy"), "dp": bool(run.get("config", {}).get("dp", True)),
+        "claimed_epsilon": (run.get("audit_settings") or {}).get("claimed_epsilon"),
         "sections": [{"id": key, "title": title} for key, title in SECTIONS],
         "threat_model": threat_model(run.get("config", {})),
         "banks": banks,
         "audit_passed": _all_or_none([b["audit_passed"] for b in banks]),
         "ledgers_ok": all(b["ledger_ok"] is True for b in banks),
+        "canary_audit": canary_summary(parts, banks),
         "implementation_check": {
             "applicable": bool(applicable),
             "passed": (all(c["passed"] is True for c in applicable) if applicable else None),
@@ -129,11 +131,53 @@ def _bank_summary(part: dict[str, Any]) -> dict[str, Any]:
                     "eval_attack": {k: attack[k] for k in (
                         "trials", "tpr", "fpr", "advantage", "epsilon_lower_bound",
                         "epsilon_release", "passed")} | {"epsilon_eval": spec.get("epsilon_eval")}}
+    summary |= _canary_keys(part)
     if "personalized" in membership:
         personal = membership["personalized"]
         summary |= {"personalized_mia_auc": personal["auc"],
                     "personalized_epsilon_lower_bound": personal["epsilon_lower_bound"]}
     return summary
+
+
+def _canary_keys(part: dict[str, Any]) -> dict[str, Any]:
+    """The one-run canary audit's bounds and counts (white-box, and black-box beside it)."""
+    canary, verdict = part.get("canary_audit", {}), part["verdict"]
+    keys: dict[str, Any] = {"canary_applicable": canary.get("applicable", False),
+                            "canary_claimed_epsilon": canary.get("claimed_epsilon"),
+                            "canary_claim_source": canary.get("claim_source")}
+    for prefix, name, row in (("canary", "white_box", "canary"),
+                              ("canary_black_box", "black_box", "canary_black_box")):
+        audit = canary.get(name) or {}
+        keys |= {f"{prefix}_epsilon_lower_bound": audit.get("epsilon_lower_bound"),
+                 f"{prefix}_guesses": audit.get("guesses"),
+                 f"{prefix}_correct": audit.get("correct"),
+                 f"{prefix}_variant": audit.get("variant"),
+                 f"{prefix}_confidence": audit.get("confidence"),
+                 f"{prefix}_count": audit.get("canaries"),
+                 f"{prefix}_passed": verdict.get(row, {}).get("passed")}
+    keys["canary_black_box_claimed_epsilon"] = (canary.get("black_box") or {}).get(
+        "epsilon_claim")
+    return keys
+
+
+def canary_summary(parts: list[dict[str, Any]], banks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run-level view of the canary audits: applicable, passed, and what the bound means."""
+    applicable = [b for b in banks if b.get("canary_applicable")]
+    first = next((p["canary_audit"] for p in parts
+                  if p.get("canary_audit", {}).get("applicable")), {})
+    return {
+        "applicable": bool(applicable),
+        "passed": _all_or_none([b["canary_passed"] for b in applicable]),
+        "claim_source": first.get("claim_source"),
+        "confidence": (first.get("white_box") or {}).get("confidence"),
+        "canary_norm": (first.get("white_box") or {}).get("canary_norm"),
+        "method": "one-run audit (Steinke, Nasr, Jagielski 2023, arXiv 2305.08846): m "
+                  "canaries each in a shadow replay of the bank's mechanism with probability "
+                  "1/2, guesses on the highest and lowest scores with abstentions",
+        "meaning": "a lower bound on the ε of the bank's training mechanism that holds with "
+                   "the stated confidence: a mechanism that really is (ε, δ)-DP is reported "
+                   "above ε with probability at most 1 − confidence",
+    }
 
 
 def _all_or_none(values: list[bool | None]) -> bool | None:
@@ -241,7 +285,10 @@ def comparison(document: dict[str, Any], other: dict[str, Any]) -> dict[str, Any
               "epsilon_lower_bound": b["epsilon_lower_bound"],
               "compare_epsilon_lower_bound": theirs.get(b["id"], {}).get("epsilon_lower_bound"),
               "tpr_at_1pct_fpr": b["tpr_at_1pct_fpr"],
-              "compare_tpr_at_1pct_fpr": theirs.get(b["id"], {}).get("tpr_at_1pct_fpr")}
+              "compare_tpr_at_1pct_fpr": theirs.get(b["id"], {}).get("tpr_at_1pct_fpr"),
+              "canary_epsilon_lower_bound": b.get("canary_epsilon_lower_bound"),
+              "compare_canary_epsilon_lower_bound": theirs.get(b["id"], {}).get(
+                  "canary_epsilon_lower_bound")}
              for b in document["banks"]]
     gaps = {}
     for view, data in document["fairness"]["views"].items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,10 @@ def audit_parts(run_dir: Path, banks: list[str] | None, settings: AuditSettings,
                                           "final": metrics.get("final")},
         "audit_seed": settings.seed,
         "audit_settings": {"n_reference": settings.n_reference, "seed": settings.seed,
-                           "threshold": settings.threshold},
+                           "threshold": settings.threshold, "canaries": settings.canaries,
+                           "input_canaries": settings.input_canaries,
+                           "canary_confidence": settings.canary_confidence,
+                           "claimed_epsilon": settings.claimed_epsilon},
         "seconds": round(time.monotonic() - started, 1),
     }
     return run, parts
@@ -126,8 +130,8 @@ def build_audit(run_dir: Path, output_dir: Path, compare_run: Path | None = None
     run, parts = audit_parts(Path(run_dir), banks, settings, train_fn, trusted_keys)
     compare = None
     if compare_run is not None:
-        compare_settings = AuditSettings(settings.n_reference, settings.seed,
-                                         settings.threshold, implementation_check=False)
+        compare_settings = replace(settings, implementation_check=False,
+                                   claimed_epsilon=None)
         other_run, other_parts = audit_parts(Path(compare_run), banks, compare_settings,
                                              train_fn)
         compare = merge_bank_parts(other_parts, other_run)

@@ -40,10 +40,12 @@ class TrainPlan:
 
 
 TrainFn = Callable[..., History]
-"""``(model, features, labels, plan, schedule, seed, grades=None) -> history``.
+"""``(model, features, labels, plan, schedule, seed, grades=None, canaries=None) -> history``.
 
 Trains a model in place (``grades``: grade indices for a model with a grade head, trained
-jointly as the banks do); returns the accountant history of what it ran (empty without DP).
+jointly as the banks do; ``canaries``: the one-run canary audit's gradient canaries,
+:class:`fedrisk.privacy.dpsgd.GradientCanaries`); returns the accountant history of what
+it ran (empty without DP).
 """
 
 
@@ -53,15 +55,15 @@ def bank_training_path() -> TrainFn:
     Privacy meaning: the canary test and the reference models exercise exactly the
     clipping, noise and Poisson sampling that the audited banks ran.
     """
-    from fedrisk.privacy.dpsgd import TrainingSettings, train_locally
+    from fedrisk.privacy.dpsgd import GradientCanaries, TrainingSettings, train_locally
 
     def train(model: nn.Module, features: np.ndarray, labels: np.ndarray, plan: TrainPlan,
-              schedule: DPSchedule | None, seed: int, grades: np.ndarray | None = None
-              ) -> History:
+              schedule: DPSchedule | None, seed: int, grades: np.ndarray | None = None,
+              canaries: GradientCanaries | None = None) -> History:
         settings = TrainingSettings(plan.local_epochs, plan.batch_size, plan.learning_rate,
                                     plan.momentum, plan.max_grad_norm)
-        extra = {} if grades is None else {"grades": grades}
-        result = train_locally(model, features, labels, settings, schedule, seed, **extra)
+        result = train_locally(model, features, labels, settings, schedule, seed, grades,
+                               canaries)
         return [(float(s), float(q), int(k)) for s, q, k in result.history]
 
     return train

@@ -22,10 +22,15 @@ depends on record ``i`` alone; and because each layer runs once per forward pass
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
+
+ExtraRecords = Mapping[nn.Linear, tuple[torch.Tensor, torch.Tensor]]
+"""Records given by their layer inputs and output gradients instead of a loss: for each
+``nn.Linear`` layer they touch, ``(A, G)`` with one row per record (the same ``aᵢ``, ``gᵢ``
+the forward and backward passes give a real record); zero gradient on every other layer."""
 
 
 class UnsupportedNetwork(ValueError):
@@ -84,12 +89,19 @@ class LinearRecordGradients:
             raise UnsupportedNetwork("per-record clipping needs (batch, features) inputs")
         self._tape[layer] = (inputs[0].detach(), output)
 
-    def clipped_sum(self, record_losses: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    def clipped_sum(self, record_losses: torch.Tensor, max_grad_norm: float,
+                    extra: ExtraRecords | None = None) -> torch.Tensor:
         """Set every parameter's ``.grad`` to ``Σᵢ min(1, C/‖∇ℓᵢ‖) ∇ℓᵢ``; return ``‖∇ℓᵢ‖``.
 
         ``record_losses`` holds one loss per record of the batch just run forward
         (``ℓᵢ``, not averaged); ``max_grad_norm`` is the clipping bound C, the DP
         sensitivity of the sum. An empty batch sets every gradient to 0.
+
+        ``extra`` (audit only: the gradient canaries of
+        :class:`fedrisk.privacy.dpsgd.GradientCanaries`) adds records given by their
+        layer inputs and output gradients: their norms and clipped sum come from the
+        same formulas and the same :func:`clip_factors` call as the batch's records, so
+        a canary is clipped exactly as a record would be. Returned norms are the batch's.
         """
         used = [layer for layer in self.layers if layer in self._tape]
         inputs = [self._tape[layer][0] for layer in used]
@@ -103,16 +115,36 @@ class LinearRecordGradients:
         for layer, a, g in zip(used, inputs, backprops, strict=True):
             squared += _squared_norms(layer, a, g)
         norms = squared.sqrt()
-        factors = clip_factors(norms, max_grad_norm)
+        if extra:
+            extra_norms = _extra_squared_norms(extra).sqrt()
+            factors, extra_factors = clip_factors(torch.cat([norms, extra_norms]),
+                                                  max_grad_norm).split([len(norms),
+                                                                        len(extra_norms)])
+        else:
+            factors = clip_factors(norms, max_grad_norm)
         self.flat_grad.zero_()
         for layer, a, g in zip(used, inputs, backprops, strict=True):
-            clipped = g * factors[:, None]
-            torch.mm(clipped.t(), a, out=self._grad_of[layer.weight])
-            if layer.bias is not None and layer.bias.requires_grad:
-                torch.sum(clipped, 0, out=self._grad_of[layer.bias])
+            self._add_clipped(layer, a, g, factors, overwrite=True)
+        for layer, (a, g) in (extra or {}).items():
+            self._add_clipped(layer, a, g, extra_factors, overwrite=False)
         for parameter, view in zip(self.parameters, self._grad_views, strict=True):
             parameter.grad = view
         return norms
+
+    def _add_clipped(self, layer: nn.Linear, inputs: torch.Tensor, backprops: torch.Tensor,
+                     factors: torch.Tensor, overwrite: bool) -> None:
+        """``(c ⊙ G)ᵀ A`` into the weight's gradient and ``Σᵢ cᵢ gᵢ`` into the bias'."""
+        clipped = backprops * factors[:, None]
+        weight = self._grad_of[layer.weight]
+        if overwrite:
+            torch.mm(clipped.t(), inputs, out=weight)
+        else:
+            weight.addmm_(clipped.t(), inputs)
+        if layer.bias is not None and layer.bias.requires_grad:
+            if overwrite:
+                torch.sum(clipped, 0, out=self._grad_of[layer.bias])
+            else:
+                self._grad_of[layer.bias].add_(clipped.sum(0))
 
 
 def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
@@ -128,6 +160,11 @@ def _squared_norms(layer: nn.Linear, inputs: torch.Tensor, backprops: torch.Tens
     if layer.bias is not None and layer.bias.requires_grad:
         input_norms = input_norms + 1.0
     return output_norms * input_norms
+
+
+def _extra_squared_norms(extra: ExtraRecords) -> torch.Tensor:
+    """Squared gradient norm of each extra record, summed over the layers it touches."""
+    return torch.stack([_squared_norms(layer, a, g) for layer, (a, g) in extra.items()]).sum(0)
 
 
 def _own_parameters(layer: nn.Linear) -> list[nn.Parameter]:

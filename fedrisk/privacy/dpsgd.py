@@ -19,13 +19,17 @@ One DP step, exactly Opacus' DP-SGD (Poisson ``DPDataLoader`` + ``DPOptimizer``)
 Batches are index tensors into the bank's rows (no ``DataLoader``): that, and
 clipping without a second backward pass, make DP-SGD cost about as much as plain
 SGD on these small networks (``benchmarks/dp_throughput.py``).
+
+One audit-only hook, :class:`GradientCanaries`, lets the privacy audit's shadow run
+(``fedrisk.audit.canary_run``, never a bank's training) put crafted gradient canaries
+through this very mechanism and watch each step's noisy sum on their coordinates.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -35,7 +39,7 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 
 from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch
-from fedrisk.privacy.clipping import LinearRecordGradients
+from fedrisk.privacy.clipping import ExtraRecords, LinearRecordGradients
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,51 @@ class TrainingResult:
     history: list[tuple[float, float, int]]
 
 
+@dataclass(frozen=True)
+class GradientCanaries:
+    """Audit only: crafted records that DP-SGD treats as records, and a view of every step.
+
+    The privacy audit's one-run canary test (``fedrisk.audit.canary_run``) passes this to
+    :func:`train_locally` in a shadow run that is never released; no bank's training
+    passes it, and without it nothing below runs. Each canary is a record whose
+    gradient is zero everywhere but on ``layer`` (a ``nn.Linear`` that is part of the
+    model but that no record's forward pass runs), where it is ``backprops[i] ⊗
+    inputs[i]``, of norm far above the clipping bound C. Every DP-SGD step then:
+
+    1. Poisson-samples the canaries with the records' rate ``q`` from the same secret
+       generator (:func:`poisson_batch`);
+    2. clips the sampled canaries with the batch's records, in the same
+       :meth:`~fedrisk.privacy.clipping.LinearRecordGradients.clipped_sum` call, and
+       adds the same Gaussian noise (:func:`add_noise`) to every coordinate;
+    3. calls ``observe`` with ``layer``'s noisy clipped sum of that step (the sum, before
+       it is averaged over the expected batch size).
+
+    Without DP (non-private baselines) the canaries join each batch with probability
+    ``batch / n`` from the run's seeded generator, are averaged with the batch's records,
+    and ``observe`` sees ``layer``'s batch gradient times the batch size, after the
+    batch-gradient clipping of that path.
+
+    Attributes:
+        layer: the canaries' own layer (its coordinates carry only canaries and noise).
+        inputs: ``(k, layer.in_features)`` layer inputs, one row per canary.
+        backprops: ``(k, layer.out_features)`` output gradients, one row per canary.
+        observe: receives each step's ``(out_features, in_features)`` sum on ``layer``.
+
+    """
+
+    layer: nn.Linear
+    inputs: torch.Tensor
+    backprops: torch.Tensor
+    observe: Callable[[torch.Tensor], None]
+
+    def sampled(self, rate: float, rng: np.random.Generator) -> ExtraRecords:
+        """The canaries in this step: each independently with probability ``rate``."""
+        rows = poisson_batch(len(self.inputs), rate, rng) if len(self.inputs) else \
+            torch.zeros(0, dtype=torch.long)
+        return {self.layer: (self.inputs.index_select(0, rows),
+                             self.backprops.index_select(0, rows))}
+
+
 def train_locally(
     model: nn.Module,
     features: np.ndarray,
@@ -85,6 +134,7 @@ def train_locally(
     schedule: DPSchedule | None,
     seed: int,
     grades: np.ndarray | None = None,
+    canaries: GradientCanaries | None = None,
 ) -> TrainingResult:
     """Train ``model`` in place on one bank's records.
 
@@ -105,6 +155,9 @@ def train_locally(
     pool, never from ``seed``: anyone who knows the run config could otherwise recompute
     the batches and subtract the noise. DP runs are therefore not bit-reproducible;
     ``seed`` makes non-private training reproducible.
+
+    ``canaries`` is the privacy audit's hook (:class:`GradientCanaries`): only its shadow
+    run passes it.
     """
     rows = TrainingRows(model, features, labels, grades)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
@@ -113,8 +166,8 @@ def train_locally(
     model.train()
     with _one_thread():
         if schedule is None:
-            return _train_plain(model, rows, optimizer, settings, anchor, seed)
-        return _train_private(model, rows, optimizer, settings, anchor, schedule)
+            return _train_plain(model, rows, optimizer, settings, anchor, seed, canaries)
+        return _train_private(model, rows, optimizer, settings, anchor, schedule, canaries)
 
 
 @contextmanager
@@ -171,7 +224,8 @@ class TrainingRows:
 
 def _train_private(model: nn.Module, rows: TrainingRows, optimizer: torch.optim.Optimizer,
                    settings: TrainingSettings, anchor: list[torch.Tensor],
-                   schedule: DPSchedule) -> TrainingResult:
+                   schedule: DPSchedule, canaries: GradientCanaries | None = None
+                   ) -> TrainingResult:
     n, per_epoch = len(rows), steps_per_epoch(len(rows), settings.batch_size)
     rate = schedule.sample_rate
     if not math.isclose(rate, 1 / per_epoch, rel_tol=1e-12):
@@ -185,8 +239,11 @@ def _train_private(model: nn.Module, rows: TrainingRows, optimizer: torch.optim.
         for _ in range(settings.local_epochs * per_epoch):
             batch = poisson_batch(n, rate, rng)
             losses = rows.record_losses(batch)
-            per_record.clipped_sum(losses, settings.max_grad_norm)
+            extra = None if canaries is None else canaries.sampled(rate, rng)
+            per_record.clipped_sum(losses, settings.max_grad_norm, extra)
             add_noise(per_record.flat_grad, noise_std, n * rate, rng)
+            if canaries is not None:
+                canaries.observe(canaries.layer.weight.grad * (n * rate))
             optimizer.step()
             accountant.step(noise_multiplier=schedule.noise_multiplier, sample_rate=rate)
             _proximal_step(model, anchor, settings)
@@ -196,21 +253,33 @@ def _train_private(model: nn.Module, rows: TrainingRows, optimizer: torch.optim.
 
 def _train_plain(model: nn.Module, rows: TrainingRows, optimizer: torch.optim.Optimizer,
                  settings: TrainingSettings, anchor: list[torch.Tensor],
-                 seed: int) -> TrainingResult:
+                 seed: int, canaries: GradientCanaries | None = None) -> TrainingResult:
     generator = torch.Generator().manual_seed(seed)
+    canary_rng = None if canaries is None else np.random.default_rng(seed)
     steps, loss_sum = 0, torch.zeros(())
     for _ in range(settings.local_epochs):
         for batch in torch.randperm(len(rows), generator=generator).split(settings.batch_size):
             optimizer.zero_grad()
             loss = rows.record_losses(batch).mean()
             loss.backward()
+            if canaries is not None and canary_rng is not None:
+                _add_plain_canaries(canaries, len(batch), len(rows), canary_rng)
             # Non-private baselines clip the batch gradient to the same norm, for
             # stability at the DP learning rate (no privacy meaning).
             nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            if canaries is not None:
+                canaries.observe(canaries.layer.weight.grad * len(batch))
             optimizer.step()
             _proximal_step(model, anchor, settings)
             steps, loss_sum = steps + 1, loss_sum + loss.detach()
     return TrainingResult(steps, float(loss_sum) / max(steps, 1), [])
+
+
+def _add_plain_canaries(canaries: GradientCanaries, batch_size: int, n: int,
+                        rng: np.random.Generator) -> None:
+    """Non-private path: the canaries in this batch, averaged like its records' gradients."""
+    inputs, backprops = canaries.sampled(min(batch_size / n, 1.0), rng)[canaries.layer]
+    canaries.layer.weight.grad = backprops.t().mm(inputs) / batch_size
 
 
 def secret_generator() -> np.random.Generator:
