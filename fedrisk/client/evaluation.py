@@ -38,9 +38,16 @@ from fedrisk.models.histograms import (
     score_histograms,
 )
 from fedrisk.models.metrics import discrimination_metrics, grade_metrics, predicted_grades
-from fedrisk.privacy.accounting import History, calibrate_noise_multiplier
+from fedrisk.privacy.accounting import History, calibrate_noise_multiplier, compose_epsilon
 from fedrisk.privacy.dpsgd import predict_logits
-from fedrisk.privacy.release import Release, charge_release, check_lifetime, gaussian_release
+from fedrisk.privacy.release import (
+    EVALUATION_RELEASES,
+    Release,
+    charge_release,
+    check_lifetime,
+    gaussian_release,
+    release_history,
+)
 
 # Trains the global model in place into the bank's personalized model (DP, charged);
 # returns the training spend's metrics (ε of the run and lifetime).
@@ -77,14 +84,27 @@ class EvaluationPlan:
         return [(self.noise_multiplier, 1.0, 1)] * self.releases
 
 
-def plan_evaluation(bank: Bank, config: RunConfig) -> EvaluationPlan:
-    """Plan a run's evaluation releases at ``bank`` and calibrate their noise."""
+def plan_evaluation(bank: Bank, config: RunConfig, spent: History = (),
+                    from_round: int = 1) -> EvaluationPlan:
+    """Plan a run's evaluation releases at ``bank`` from round ``from_round`` on.
+
+    ``spent``: the run's evaluation releases already in the bank's ledger. While they
+    are what the run's plan foresaw, σ is the plan's (every planned release at one σ,
+    meeting ``eval-epsilon``); when they are more (a resumed run evaluating a round
+    again), σ is calibrated anew so that the releases left fit in what is left.
+    """
     personalized = config.personalization != "none"
     grades = bank.test_grades is not None
     rounds = config.evaluation_rounds
-    releases = len(rounds) + personalized + grades
-    sigma = calibrate_noise_multiplier(config.eval_epsilon, config.target_delta, 1.0, releases,
-                                       accountant=bank.policy.accountants_for(config))
+    accountants = bank.policy.accountants_for(config)
+    sigma = calibrate_noise_multiplier(config.eval_epsilon, config.target_delta, 1.0,
+                                       len(rounds) + personalized + grades,
+                                       accountant=accountants)
+    left = len([r for r in rounds if r >= from_round]) + personalized + grades
+    if spent and compose_epsilon([*spent, (sigma, 1.0, left)], config.target_delta,
+                                 accountants) > config.eval_epsilon * (1 + 1e-9):
+        sigma = calibrate_noise_multiplier(config.eval_epsilon, config.target_delta, 1.0,
+                                           max(left, 1), spent, accountants)
     return EvaluationPlan(rounds, personalized, grades, sigma)
 
 
@@ -134,7 +154,8 @@ class HeldOutEvaluation:
 
     def _private(self, model: nn.Module, personalize: Personalize | None,
                  server_round: int) -> tuple[float, int, dict[str, Scalar]]:
-        plan = plan_evaluation(self.bank, self.config)
+        spent = release_history(self.bank.ledger, self.run_id, EVALUATION_RELEASES)
+        plan = plan_evaluation(self.bank, self.config, spent, server_round)
         grid = eval_grid(self.spec.prior_default_rate, self.config.eval_bins,
                          self.config.eval_logit_low, self.config.eval_logit_high)
         positive, negative, spend = self._release_scores(model, grid, plan, server_round,

@@ -13,10 +13,27 @@ import logging
 from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode
 
+from fedrisk.privacy.chain import LedgerError, LedgerRollback
 from fedrisk.privacy.ledger import EgressLedger
 from fedrisk.privacy.policy import PolicyRefusal
 
 log = logging.getLogger("fedrisk.bank")
+# The keys of refusals that no policy line decides: the run's budget is spent (by the
+# bank's own ledger), the ledger was rolled back, or the ledger cannot be written.
+BUDGET_KEY = "privacy-budget"
+ROLLBACK_KEY = "ledger-rollback"
+UNWRITABLE_KEY = "ledger-write"
+
+
+def ledger_refusal(error: LedgerError) -> PolicyRefusal:
+    """The refusal of a bank whose ledger cannot be used: rolled back, or not writable.
+
+    Either way nothing may leave: a rolled-back ledger would undercount ε, and a spend
+    that cannot be written first cannot be charged. The detail (path, OS error) stays in
+    the bank's log.
+    """
+    key = ROLLBACK_KEY if isinstance(error, LedgerRollback) else UNWRITABLE_KEY
+    return PolicyRefusal(key, str(error))
 
 
 def message_round(msg: Message) -> int:
