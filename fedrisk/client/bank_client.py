@@ -21,6 +21,7 @@ from fedrisk.privacy.accounting import (
     DPSchedule,
     History,
     PrivacyBudgetExceeded,
+    capped_noise,
     check_budget,
     compose_epsilon,
     plan_schedule,
@@ -61,8 +62,8 @@ class BankClient(NumPyClient):
         training starts (write-ahead): a bank that crashes or times out after
         training is still charged. σ is planned for the rest of the run from this run's
         spends in the bank's own ledger (:meth:`_schedule`). A bank whose budget cannot
-        cover the round raises ``PolicyRefusal("privacy-budget")``: the egress guard sends
-        the refusal and records it.
+        cover the round records a ``refusal`` and raises ``PolicyRefusal("privacy-budget")``,
+        which the egress guard sends as ``refused: privacy-budget``.
         """
         server_round = int(config["server-round"])
         model = build_model(self.spec, self.config.seed)
@@ -243,7 +244,8 @@ class BankClient(NumPyClient):
         re-sending rounds or numbering them anew) σ is planned afresh: ``rounds_left``
         rounds and personalization in the budget left after ``spent``. Whatever the
         coordinator says about rounds, this run's ε stays within ``target-epsilon``;
-        :class:`PrivacyBudgetExceeded` when nothing is left.
+        :class:`PrivacyBudgetExceeded` when the budget left cannot pay a round at up to
+        the policy's ``max-replanned-noise`` times the planned σ.
         """
         cfg = self.config
         plan = self._plan(prior)
@@ -256,7 +258,10 @@ class BankClient(NumPyClient):
             if compose_epsilon([*prior, *spent, rest], cfg.target_delta, self.accountants
                                ) <= cfg.target_epsilon * (1 + 1e-9):
                 return schedule
-        return self._plan([*prior, *spent], rounds_left)
+        replanned = self._plan([*prior, *spent], rounds_left)
+        sigma = capped_noise(replanned.noise_multiplier, plan.noise_multiplier,
+                             self.bank.policy.max_replanned_noise)
+        return replace(replanned, noise_multiplier=sigma)
 
     def _personalization_epochs(self) -> int:
         return self.config.personalization_epochs if self.config.personalization != "none" else 0
@@ -279,10 +284,11 @@ class BankClient(NumPyClient):
                          self.accountants, steps)
             self._check_lifetime([(schedule.noise_multiplier, schedule.sample_rate, steps)])
         except PrivacyBudgetExceeded as exhausted:
-            log.warning("bank %s refuses %s of round %s: %s", self.bank.bank_id, phase,
-                        server_round, exhausted)
-            raise PolicyRefusal(BUDGET_KEY, f"{phase} of round {server_round} of run "
-                                f"{self.run_id}: {exhausted}") from None
+            ledger.append("refusal", {"run_id": self.run_id, "round": server_round,
+                                      "phase": phase, "policy_key": BUDGET_KEY,
+                                      "reason": str(exhausted)})
+            raise PolicyRefusal(BUDGET_KEY, f"{phase} of round {server_round}: {exhausted}",
+                                recorded=True) from None
         if cfg.target_delta >= 1 / self.bank.n_train:
             log.warning("bank %s: δ=%g is not below 1/n=%g; the guarantee is weak",
                         self.bank.bank_id, cfg.target_delta, 1 / self.bank.n_train)

@@ -38,7 +38,13 @@ from fedrisk.models.histograms import (
     score_histograms,
 )
 from fedrisk.models.metrics import discrimination_metrics, grade_metrics, predicted_grades
-from fedrisk.privacy.accounting import History, calibrate_noise_multiplier, compose_epsilon
+from fedrisk.privacy.accounting import (
+    History,
+    PrivacyBudgetExceeded,
+    calibrate_noise_multiplier,
+    capped_noise,
+    compose_epsilon,
+)
 from fedrisk.privacy.dpsgd import predict_logits
 from fedrisk.privacy.release import (
     EVALUATION_RELEASES,
@@ -91,7 +97,8 @@ def plan_evaluation(bank: Bank, config: RunConfig, spent: History = (),
     ``spent``: the run's evaluation releases already in the bank's ledger. While they
     are what the run's plan foresaw, σ is the plan's (every planned release at one σ,
     meeting ``eval-epsilon``); when they are more (a resumed run evaluating a round
-    again), σ is calibrated anew so that the releases left fit in what is left.
+    again), σ is calibrated anew so that the releases left fit in what is left, up to the
+    policy's ``max-replanned-noise`` times the planned σ (else ``PrivacyBudgetExceeded``).
     """
     personalized = config.personalization != "none"
     grades = bank.test_grades is not None
@@ -103,8 +110,9 @@ def plan_evaluation(bank: Bank, config: RunConfig, spent: History = (),
     left = len([r for r in rounds if r >= from_round]) + personalized + grades
     if spent and compose_epsilon([*spent, (sigma, 1.0, left)], config.target_delta,
                                  accountants) > config.eval_epsilon * (1 + 1e-9):
-        sigma = calibrate_noise_multiplier(config.eval_epsilon, config.target_delta, 1.0,
-                                           max(left, 1), spent, accountants)
+        sigma = capped_noise(calibrate_noise_multiplier(
+            config.eval_epsilon, config.target_delta, 1.0, max(left, 1), spent, accountants),
+            sigma, bank.policy.max_replanned_noise)
     return EvaluationPlan(rounds, personalized, grades, sigma)
 
 
@@ -155,7 +163,12 @@ class HeldOutEvaluation:
     def _private(self, model: nn.Module, personalize: Personalize | None,
                  server_round: int) -> tuple[float, int, dict[str, Scalar]]:
         spent = release_history(self.bank.ledger, self.run_id, EVALUATION_RELEASES)
-        plan = plan_evaluation(self.bank, self.config, spent, server_round)
+        try:
+            plan = plan_evaluation(self.bank, self.config, spent, server_round)
+        except PrivacyBudgetExceeded as exhausted:  # recorded as charge_release records it
+            self.bank.ledger.append("refusal", {"run_id": self.run_id, "round": server_round,
+                                                "phase": "evaluation", "reason": str(exhausted)})
+            raise
         grid = eval_grid(self.spec.prior_default_rate, self.config.eval_bins,
                          self.config.eval_logit_low, self.config.eval_logit_high)
         positive, negative, spend = self._release_scores(model, grid, plan, server_round,

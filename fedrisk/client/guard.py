@@ -28,7 +28,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 
 from fedrisk.client.bank import Bank, bank_for_context
 from fedrisk.client.bank_client import model_spec_for
-from fedrisk.client.refusal import ledger_refusal, message_round, refusal_reply
+from fedrisk.client.refusal import BUDGET_KEY, ledger_refusal, message_round, refusal_reply
 from fedrisk.client.secagg import protocol_state
 from fedrisk.config import RunConfig
 from fedrisk.models import build_model
@@ -139,9 +139,15 @@ def _secagg_request(msg: Message) -> dict | None:
 
 
 def _failure_reply(msg: Message, bank: Bank, run_id: str, error: BaseException) -> Message:
-    """Replace any failure by a fixed reason: exception text could carry data out."""
-    refused = isinstance(error, PrivacyBudgetExceeded) or "budget exhausted" in str(error)
-    reason = "privacy budget exhausted" if refused else "bank failed (see the bank's log)"
+    """Replace any failure by a fixed reason: exception text could carry data out.
+
+    A budget the bank cannot pay (an evaluation release beyond ``eval-epsilon``, already
+    recorded as a ``refusal``) is the bank's refusal: ``refused: privacy-budget``.
+    """
+    if isinstance(error, PrivacyBudgetExceeded) or "budget exhausted" in str(error):
+        return refusal_reply(msg, run_id, bank.ledger, bank.bank_id,
+                             PolicyRefusal(BUDGET_KEY, str(error), recorded=True))
+    reason = "bank failed (see the bank's log)"
     log.error("bank %s: %s reply replaced by an error: %s", bank.bank_id,
               msg.metadata.message_type, error)
     bank.ledger.append("note", {"run_id": run_id, "round": message_round(msg),

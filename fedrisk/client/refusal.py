@@ -46,10 +46,11 @@ def refusal_reply(msg: Message, run_id: int | str, ledger: EgressLedger | None, 
                   refusal: PolicyRefusal) -> Message:
     """Record ``refusal`` in the bank's ledger and return the fixed-text error reply to send.
 
-    ``ledger`` is None only when the ledger itself cannot be trusted (rolled back): the
-    refusal then goes to the bank's log alone.
+    ``ledger`` is None only when the ledger itself cannot be used (rolled back, or not
+    writable): the refusal then goes to the bank's log alone. A refusal already
+    ``recorded`` where the bank decided it gets no second entry.
     """
-    if ledger is not None:
+    if ledger is not None and not refusal.recorded:
         ledger.append("refusal", {
             "run_id": str(run_id), "round": message_round(msg),
             "message_kind": msg.metadata.message_type, "policy_key": refusal.key,
