@@ -66,9 +66,9 @@ class BankClient(NumPyClient):
         which the egress guard sends as ``refused: privacy-budget``.
         """
         server_round = int(config["server-round"])
+        schedule, spend = self._charge(server_round) if self.config.dp else (None, None)
         model = build_model(self.spec, self.config.seed)
         set_model_arrays(model, parameters)
-        schedule, spend = self._charge(server_round) if self.config.dp else (None, None)
         result = train_locally(model, self.bank.train_features, self.bank.train_labels,
                                self._settings(), schedule,
                                seed=self.config.seed * 10_007 + server_round,
