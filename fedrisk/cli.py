@@ -314,9 +314,9 @@ def consortium_run_command(
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
     target_epsilon: Annotated[float | None, typer.Option(help="Per-bank ε budget.")] = None,
-    dp: Annotated[bool, typer.Option("--dp/--no-dp",
-                                     help="DP-SGD; --no-dp is a labelled non-private baseline.")]
-    = True,
+    dp: Annotated[bool | None, typer.Option(
+        "--dp/--no-dp", help="DP-SGD (default); --no-dp is a labelled non-private baseline.")]
+    = None,
     secure_aggregation: Annotated[bool | None, typer.Option(
         "--secure-aggregation/--no-secure-aggregation", help="Flower SecAgg+.")] = None,
     run_config: Annotated[str | None, typer.Option(
@@ -324,6 +324,9 @@ def consortium_run_command(
     name: Annotated[str | None, typer.Option(
         help="Run folder under DIR/coordinator/runs (default: a timestamp).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before the run is stopped.")] = 3600.0,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue this run (its folder name under DIR/coordinator/runs) at the round "
+             "after its checkpoint, with the same config.")] = None,
     show_banks: Annotated[bool, typer.Option(
         help=f"Print every bank's row (above {SUMMARY_ABOVE} banks: quantiles and the worst "
              "banks).")] = False,
@@ -338,7 +341,8 @@ def consortium_run_command(
     overrides |= {k: v for k, v in flags.items() if v is not None}
     metrics = consortium_run(directory, overrides, name=name, timeout=timeout,
                              echo=lambda line: console.print(line, markup=False,
-                                                             highlight=False))
+                                                             highlight=False),
+                             resume=resume)
     _print_summary(metrics, Path(metrics["config"]["output-dir"]), show_banks)
 
 

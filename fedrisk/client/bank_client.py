@@ -162,7 +162,7 @@ class BankClient(NumPyClient):
         prior, spent = self._histories()
         done = len({b["round"] for b in self._run_spends() if b.get("phase") == "train"})
         left = max(cfg.num_server_rounds - done, 0)
-        schedule = self._schedule(prior, spent, max(left, 1))  # PrivacyBudgetExceeded: spent
+        schedule = self._schedule(prior, spent, left)  # PrivacyBudgetExceeded: all spent
         run_steps = left * schedule.steps_per_round + schedule.personalization_steps
         evaluation = plan_evaluation(
             self.bank, cfg, release_history(self.bank.ledger, self.run_id, EVALUATION_RELEASES),
