@@ -146,7 +146,7 @@ def test_the_server_optimizer_state_survives_a_checkpoint(tmp_path):
     weights = [np.ones((3, 2), np.float32), np.zeros(2, np.float32)]
     strategy = UpdateAggregation(make_strategy(config), initial=ndarrays_to_parameters(weights))
     strategy.restore({"m_t": [w + 0.5 for w in weights], "v_t": [w + 2 for w in weights],
-                      "current_weights": weights})
+                      "current_weights": weights}, ndarrays_to_parameters(weights))
     strategy.configure_fit(3, ndarrays_to_parameters(weights), _NoClients())
     state = strategy.state()
     write_checkpoint(tmp_path, Checkpoint("77", 2, checkpointed_config(config), weights, state))

@@ -97,9 +97,6 @@ def main(grid: Grid, context: Context) -> None:
     # whose ledger was rolled back (or deleted with its anchor) refuses.
     known = known_heads_config(read_known_heads(config.ledger_heads_file))
     initial = initial_parameters(grid, config, known)  # the proposal: banks may refuse
-    if resumed is not None:
-        recorder.restore(resumed.record, resumed.round, context.run_id)
-        initial = ndarrays_to_parameters(resumed.weights)
     strategy = UpdateAggregation(make_strategy(config, known), recorder.on_fit,
                                  recorder.on_evaluate, initial,
                                  evaluation_rounds=config.evaluation_rounds,
@@ -107,21 +104,13 @@ def main(grid: Grid, context: Context) -> None:
                                  else config.update_norm_bound)
     secagg = fit_workflow(config)
     if resumed is not None:
-        strategy.restore(resumed.strategy)
+        recorder.restore(resumed.record, resumed.round, context.run_id)
+        strategy.restore(resumed.strategy, ndarrays_to_parameters(resumed.weights))
         if secagg is not None and resumed.secagg_max_weight:
             secagg.max_weight = resumed.secagg_max_weight
-
-    def after_round(server_round: int, legacy: LegacyContext) -> None:
-        weights = compat.arrayrecord_to_parameters(
-            legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
-        write_checkpoint(output, Checkpoint(
-            run_id, server_round, checkpointed_config(config), parameters_to_ndarrays(weights),
-            strategy.state(), recorder.state(),
-            secagg.max_weight if secagg is not None else None))
-        record_heads(config.ledger_heads_file, recorder.banks, run_id)
-
     rounds = ResumableRounds(secagg or default_fit_workflow, default_evaluate_workflow,
-                             resumed.round if resumed is not None else 0, after_round)
+                             resumed.round if resumed is not None else 0,
+                             RoundCheckpoint(config, run_id, recorder, strategy, secagg))
     legacy = LegacyContext(context=context, strategy=strategy,
                            config=ServerConfig(num_rounds=config.num_server_rounds))
     DefaultWorkflow(fit_workflow=rounds.fit, evaluate_workflow=rounds.evaluate)(grid, legacy)
@@ -129,6 +118,29 @@ def main(grid: Grid, context: Context) -> None:
                                              keep_input=True)
     recorder.write(final, output)
     record_heads(config.ledger_heads_file, recorder.banks, run_id)
+
+
+class RoundCheckpoint:
+    """After each round: the run's checkpoint and the coordinator's record of ledger heads."""
+
+    def __init__(self, config: RunConfig, run_id: str, recorder: RunRecorder,
+                 strategy: UpdateAggregation, secagg: DropoutSafeSecAggPlus | None) -> None:
+        """Checkpoint what these hold into the run config's ``output-dir``."""
+        self.config = config
+        self.run_id = run_id
+        self.recorder = recorder
+        self.strategy = strategy
+        self.secagg = secagg
+
+    def __call__(self, server_round: int, legacy: LegacyContext) -> None:
+        """Write the checkpoint of ``server_round`` (atomically), then the ledger heads."""
+        weights = compat.arrayrecord_to_parameters(
+            legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+        write_checkpoint(self.config.output_dir, Checkpoint(
+            self.run_id, server_round, checkpointed_config(self.config),
+            parameters_to_ndarrays(weights), self.strategy.state(), self.recorder.state(),
+            self.secagg.max_weight if self.secagg is not None else None))
+        record_heads(self.config.ledger_heads_file, self.recorder.banks, self.run_id)
 
 
 def _resume_point(config: RunConfig, run_id: str, output: Path) -> Checkpoint | None:

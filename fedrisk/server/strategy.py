@@ -85,8 +85,12 @@ class UpdateAggregation(Strategy):
         return {name: [np.asarray(a) for a in getattr(self._strategy, name)]
                 for name in STRATEGY_STATE if getattr(self._strategy, name, None)}
 
-    def restore(self, state: dict[str, list[np.ndarray]]) -> None:
-        """Give the wrapped strategy a checkpoint's state once it is built (resume)."""
+    def restore(self, state: dict[str, list[np.ndarray]], weights: Parameters) -> None:
+        """Continue from a checkpoint's global ``weights`` and strategy ``state`` (resume).
+
+        ``state`` goes to the wrapped strategy once it is built.
+        """
+        self._initial = weights
         self._restored = dict(state)
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
