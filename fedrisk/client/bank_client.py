@@ -160,17 +160,17 @@ class BankClient(NumPyClient):
             raise PolicyRefusal("max-epsilon-lifetime", "a non-private run has unbounded ε, "
                                 "and this table has a lifetime cap")
         prior, spent = self._histories()
-        done = len({b["round"] for b in self._run_spends() if b.get("phase") == "train"})
+        spends = self._run_spends()
+        done = len({b["round"] for b in spends if b.get("phase") == "train"})
         left = max(cfg.num_server_rounds - done, 0)
-        schedule = self._schedule(prior, spent, left)  # PrivacyBudgetExceeded: all spent
+        personalize = left > 0 or not any(b.get("phase") == "personalize" for b in spends)
+        schedule = self._schedule(prior, spent, left, personalize)  # PrivacyBudgetExceeded
         run_steps = left * schedule.steps_per_round + schedule.personalization_steps
         evaluation = plan_evaluation(
             self.bank, cfg, release_history(self.bank.ledger, self.run_id, EVALUATION_RELEASES),
             done + 1)
-        remaining = [r for r in evaluation.rounds if r > done]
-        releases = len(remaining) + evaluation.personalized + evaluation.grades
         self._check_lifetime([(schedule.noise_multiplier, schedule.sample_rate, run_steps),
-                              *[(evaluation.noise_multiplier, 1.0, 1)] * releases])
+                              *[(evaluation.noise_multiplier, 1.0, 1)] * evaluation.left])
 
     def _run_spends(self) -> list[dict]:
         """The ``privacy_spend`` bodies of this run in the bank's own ledger."""
@@ -220,13 +220,15 @@ class BankClient(NumPyClient):
         })
         return value
 
-    def _plan(self, prior: History, rounds: int | None = None) -> DPSchedule:
+    def _plan(self, prior: History, rounds: int | None = None,
+              personalize: bool = True) -> DPSchedule:
         """σ such that ``prior``, ``rounds`` rounds (default: all) and personalization fit."""
         cfg = self.config
         return plan_schedule(self.bank.n_train, cfg.batch_size, cfg.local_epochs,
                              cfg.num_server_rounds if rounds is None else rounds,
                              cfg.target_epsilon, cfg.target_delta, prior, self.accountants,
-                             personalization_epochs=self._personalization_epochs())
+                             personalization_epochs=self._personalization_epochs()
+                             if personalize else 0)
 
     def _histories(self) -> tuple[History, History]:
         """``(prior, spent)``: other runs' spends (scope ``dataset``) and this run's, per ledger."""
@@ -235,14 +237,16 @@ class BankClient(NumPyClient):
                  if self.config.privacy_budget_scope == "dataset" else [])
         return prior, ledger.privacy_history(self.run_id)
 
-    def _schedule(self, prior: History, spent: History, rounds_left: int) -> DPSchedule:
+    def _schedule(self, prior: History, spent: History, rounds_left: int,
+                  personalize: bool = True) -> DPSchedule:
         """σ for the rest of this run, from what the bank's own ledger says is spent.
 
         The run's plan (σ for every round and personalization, planned from ``prior``)
         while the ledger is on it, or the σ of the run's last spend if that still fits.
         Otherwise (a resumed run repeating the round it crashed in, a coordinator
         re-sending rounds or numbering them anew) σ is planned afresh: ``rounds_left``
-        rounds and personalization in the budget left after ``spent``. Whatever the
+        rounds and (with ``personalize``, when it is still to come) personalization in the
+        budget left after ``spent``. Whatever the
         coordinator says about rounds, this run's ε stays within ``target-epsilon``;
         :class:`PrivacyBudgetExceeded` when the budget left cannot pay a round at up to
         the policy's ``max-replanned-noise`` times the planned σ.
@@ -253,12 +257,14 @@ class BankClient(NumPyClient):
         if spent and spent[-1][1] == plan.sample_rate:
             candidates.append(replace(plan, noise_multiplier=spent[-1][0]))
         for schedule in candidates:
+            schedule = replace(schedule, personalization_steps=schedule.personalization_steps
+                               if personalize else 0)
             rest = (schedule.noise_multiplier, schedule.sample_rate,
                     rounds_left * schedule.steps_per_round + schedule.personalization_steps)
             if compose_epsilon([*prior, *spent, rest], cfg.target_delta, self.accountants
                                ) <= cfg.target_epsilon * (1 + 1e-9):
                 return schedule
-        replanned = self._plan([*prior, *spent], rounds_left)
+        replanned = self._plan([*prior, *spent], rounds_left, personalize)
         sigma = capped_noise(replanned.noise_multiplier, plan.noise_multiplier,
                              self.bank.policy.max_replanned_noise)
         return replace(replanned, noise_multiplier=sigma)

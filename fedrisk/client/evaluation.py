@@ -71,6 +71,7 @@ class EvaluationPlan:
         noise_multiplier: noise std of every release relative to its L2 sensitivity (1),
             calibrated so that all :attr:`releases` together meet ``eval-epsilon`` at the
             run's δ with the bank's accountants.
+        left: the releases still to come, from the round the plan was made for on.
 
     """
 
@@ -78,6 +79,7 @@ class EvaluationPlan:
     personalized: bool
     grades: bool
     noise_multiplier: float
+    left: int
 
     @property
     def releases(self) -> int:
@@ -107,13 +109,14 @@ def plan_evaluation(bank: Bank, config: RunConfig, spent: History = (),
     sigma = calibrate_noise_multiplier(config.eval_epsilon, config.target_delta, 1.0,
                                        len(rounds) + personalized + grades,
                                        accountant=accountants)
-    left = len([r for r in rounds if r >= from_round]) + personalized + grades
+    final = personalized + grades if from_round <= config.num_server_rounds else 0
+    left = len([r for r in rounds if r >= from_round]) + final
     if spent and compose_epsilon([*spent, (sigma, 1.0, left)], config.target_delta,
                                  accountants) > config.eval_epsilon * (1 + 1e-9):
         sigma = capped_noise(calibrate_noise_multiplier(
             config.eval_epsilon, config.target_delta, 1.0, max(left, 1), spent, accountants),
             sigma, bank.policy.max_replanned_noise)
-    return EvaluationPlan(rounds, personalized, grades, sigma)
+    return EvaluationPlan(rounds, personalized, grades, sigma, left)
 
 
 class HeldOutEvaluation:

@@ -99,6 +99,23 @@ def test_a_run_resumed_after_a_crash_in_round_3_finishes_within_its_target(bank_
     assert 0.95 * HONEST.target_epsilon < run_epsilon(resumed, "11") <= HONEST.target_epsilon
 
 
+def test_a_finished_run_proposed_again_is_admitted_with_nothing_left_to_plan(bank_files):
+    # the coordinator died after the last round's checkpoint: the resume only writes outputs
+    config = RunConfig(**{**HONEST.__dict__, "num_server_rounds": 2,
+                          "personalization": "finetune"})
+    first = context_for(bank_files, config, 41)
+    assert not propose(first).has_error()
+    for server_round in (1, 2):
+        assert not train(first, server_round).has_error()
+    client = BankClient(bank_for_context(first),
+                        RunConfig.from_run_config(dict(first.run_config)), "41")
+    client.evaluate(client.get_parameters({}), {"server-round": 2, "personalize": True})
+    spent = run_epsilon(first, "41")
+    reply = propose(context_for(bank_files, config, 41))  # a fresh context: admitted again
+    assert not reply.has_error(), reply.error.reason
+    assert run_epsilon(first, "41") == spent <= config.target_epsilon
+
+
 def test_re_proposing_and_repeating_rounds_never_spends_more_than_the_target(bank_files):
     # the same run id twice: a coordinator reusing Flower's run id (no run-id key)
     honest = context_for(bank_files, HONEST, 21)
