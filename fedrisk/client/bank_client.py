@@ -246,10 +246,10 @@ class BankClient(NumPyClient):
         Otherwise (a resumed run repeating the round it crashed in, a coordinator
         re-sending rounds or numbering them anew) σ is planned afresh: ``rounds_left``
         rounds and (with ``personalize``, when it is still to come) personalization in the
-        budget left after ``spent``. Whatever the
-        coordinator says about rounds, this run's ε stays within ``target-epsilon``;
-        :class:`PrivacyBudgetExceeded` when the budget left cannot pay a round at up to
-        the policy's ``max-replanned-noise`` times the planned σ.
+        budget left after ``spent``. Whatever the coordinator says about rounds, this
+        run's ε stays within ``target-epsilon``; :class:`PrivacyBudgetExceeded` when the
+        budget left cannot pay a round at up to the policy's ``max-replanned-noise``
+        times the planned σ.
         """
         cfg = self.config
         plan = self._plan(prior)
