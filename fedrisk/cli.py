@@ -40,8 +40,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def simulate(
-    dataset: Annotated[str, typer.Option(help="Embedded dataset: lending_club or credit_data.")]
-    = "lending_club",
+    dataset: Annotated[str | None, typer.Option(
+        help="Embedded dataset: lending_club (default) or credit_data.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your pooled table (CSV/Parquet).")] = None,
     contract: Annotated[Path | None, typer.Option(help="Contract of --data.")] = None,
     split_by: Annotated[str | None, typer.Option(help="Split --data into banks by column.")]
@@ -52,9 +52,9 @@ def simulate(
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
     target_epsilon: Annotated[float | None, typer.Option(help="Per-bank ε budget.")] = None,
     target_delta: Annotated[float | None, typer.Option(help="Per-bank δ.")] = None,
-    dp: Annotated[bool, typer.Option("--dp/--no-dp",
-                                     help="DP-SGD; --no-dp is a labelled non-private baseline.")]
-    = True,
+    dp: Annotated[bool | None, typer.Option(
+        "--dp/--no-dp", help="DP-SGD (default); --no-dp is a labelled non-private baseline.")]
+    = None,
     secure_aggregation: Annotated[bool | None, typer.Option(
         "--secure-aggregation/--no-secure-aggregation", help="Flower SecAgg+.")] = None,
     model: Annotated[str | None, typer.Option(help="mlp or logistic.")] = None,
@@ -66,10 +66,13 @@ def simulate(
     personalization: Annotated[str | None, typer.Option(
         help="finetune: bank-local DP fine-tuning after the last round; none.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of splits, init and sampling.")] = None,
-    output_dir: Annotated[Path, typer.Option(help="Where metrics.json and the model go.")]
-    = Path("runs/latest"),
+    output_dir: Annotated[Path | None, typer.Option(
+        help="Where metrics.json and the model go (default runs/latest).")] = None,
     run_config: Annotated[str | None, typer.Option(
         help='Other run-config keys, e.g. "batch-size=128 learning-rate=0.05".')] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue the run checkpointed in this run folder at its next round (same "
+             "banks and config).")] = None,
     baselines: Annotated[bool, typer.Option(
         help="Also train centralized and local-only baselines on the same splits.")] = False,
     bank_policy: Annotated[Path | None, typer.Option(
@@ -87,17 +90,22 @@ def simulate(
     from fedrisk.simulations import simulate as run_simulation
 
     overrides = _parse_run_config(run_config)
-    flags = {"num-server-rounds": rounds, "local-epochs": local_epochs,
-             "target-epsilon": target_epsilon, "target-delta": target_delta, "dp": dp,
-             "secure-aggregation": secure_aggregation, "model": model, "strategy": strategy,
-             "privacy-budget-scope": privacy_budget_scope, "personalization": personalization,
-             "seed": seed,
-             "output-dir": str(output_dir)}
+    if resume is not None:  # given options must repeat the checkpointed run's own values
+        output_dir = output_dir or resume
+        flags = {"dataset": dataset, "output-dir": str(output_dir.resolve())}
+    else:
+        output_dir = output_dir or Path("runs/latest")
+        flags = {"output-dir": str(output_dir)}
+    flags |= {"num-server-rounds": rounds, "local-epochs": local_epochs,
+              "target-epsilon": target_epsilon, "target-delta": target_delta, "dp": dp,
+              "secure-aggregation": secure_aggregation, "model": model, "strategy": strategy,
+              "privacy-budget-scope": privacy_budget_scope, "personalization": personalization,
+              "seed": seed}
     overrides |= {k: v for k, v in flags.items() if v is not None}
     _show_progress(verbose)
-    metrics = run_simulation(SimulationRequest(dataset, data, contract, split_by, banks,
-                                               overrides, baselines, verbose, bank_policy,
-                                               ray_address))
+    metrics = run_simulation(SimulationRequest(dataset or "lending_club", data, contract,
+                                               split_by, banks, overrides, baselines, verbose,
+                                               bank_policy, ray_address, resume=resume))
     _print_summary(metrics, output_dir, show_banks)
 
 
@@ -306,9 +314,9 @@ def consortium_run_command(
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
     target_epsilon: Annotated[float | None, typer.Option(help="Per-bank ε budget.")] = None,
-    dp: Annotated[bool, typer.Option("--dp/--no-dp",
-                                     help="DP-SGD; --no-dp is a labelled non-private baseline.")]
-    = True,
+    dp: Annotated[bool | None, typer.Option(
+        "--dp/--no-dp", help="DP-SGD (default); --no-dp is a labelled non-private baseline.")]
+    = None,
     secure_aggregation: Annotated[bool | None, typer.Option(
         "--secure-aggregation/--no-secure-aggregation", help="Flower SecAgg+.")] = None,
     run_config: Annotated[str | None, typer.Option(
@@ -316,6 +324,9 @@ def consortium_run_command(
     name: Annotated[str | None, typer.Option(
         help="Run folder under DIR/coordinator/runs (default: a timestamp).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before the run is stopped.")] = 3600.0,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue this run (its folder name under DIR/coordinator/runs) at the round "
+             "after its checkpoint, with the same config.")] = None,
     show_banks: Annotated[bool, typer.Option(
         help=f"Print every bank's row (above {SUMMARY_ABOVE} banks: quantiles and the worst "
              "banks).")] = False,
@@ -330,7 +341,8 @@ def consortium_run_command(
     overrides |= {k: v for k, v in flags.items() if v is not None}
     metrics = consortium_run(directory, overrides, name=name, timeout=timeout,
                              echo=lambda line: console.print(line, markup=False,
-                                                             highlight=False))
+                                                             highlight=False),
+                             resume=resume)
     _print_summary(metrics, Path(metrics["config"]["output-dir"]), show_banks)
 
 

@@ -7,6 +7,8 @@ is a one-line error naming the key instead of a failure deep in a round.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -19,6 +21,8 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
 ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg")
 BUDGET_SCOPES = ("run", "dataset")
 PERSONALIZATION = ("finetune", "none")
+# Run-config keys that a resume sets; every other key of a resumed run is the original's.
+RESUME_KEYS = ("run-id", "resume")
 
 
 class ConfigError(UserError, ValueError):
@@ -86,6 +90,15 @@ class RunConfig:
             precision. 0 (the default): follow the data (``fedrisk simulate``: a power of
             two above the largest table; a deployment: above the largest size banks have
             published in the run).
+        run_id: the run's id in the banks' ledgers, which compose each run's ε from its
+            ``privacy_spend`` entries. Empty (the default): Flower's run id. A resumed run
+            sets the checkpointed run's id, so that every bank accounts its rounds as one
+            run and plans the rest of it from what its own ledger says is spent. A
+            coordinator choosing it gains nothing: a bank's budget for one id never
+            exceeds ``target-epsilon``, and a bank refuses an id it knows under another
+            run config.
+        resume: continue the run checkpointed in ``output-dir`` at its next round (set by
+            ``fedrisk simulate --resume`` and ``fedrisk consortium run --resume``).
     """
 
     dataset: str = "lending_club"
@@ -131,6 +144,8 @@ class RunConfig:
     secagg_quantization_range: int = 4194304
     secagg_timeout: float = 0.0
     output_dir: str = "runs/latest"
+    run_id: str = ""
+    resume: bool = False
 
     def learning_rate_for(self, private: bool) -> float:
         """SGD learning rate of DP-SGD (``learning-rate``) or of non-private training.
@@ -151,6 +166,19 @@ class RunConfig:
         last = self.num_server_rounds
         step = self.eval_every if self.dp else 1
         return (*(range(step, last, step) if step else ()), last)
+
+    def ledger_run_id(self, flower_run_id: int | str) -> str:
+        """The run's id in the banks' ledgers: ``run-id`` if set, else Flower's run id."""
+        return self.run_id or str(flower_run_id)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the run config without the keys a resume sets (``run-id``, ``resume``).
+
+        A resumed run has the same fingerprint as the run it continues; banks sign it into
+        every ``privacy_spend`` entry and refuse one run id under two fingerprints.
+        """
+        kept = {k: v for k, v in self.to_run_config().items() if k not in RESUME_KEYS}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
     @property
     def hidden_layers(self) -> tuple[int, ...]:

@@ -10,7 +10,8 @@ from fedrisk.config import RunConfig
 from fedrisk.data import embedded_banks, load_embedded
 from fedrisk.models import build_model, set_model_arrays
 from fedrisk.models.metrics import grade_metrics
-from fedrisk.privacy.accounting import PrivacyBudgetExceeded, compose_epsilon
+from fedrisk.privacy.accounting import compose_epsilon
+from fedrisk.privacy.policy import PolicyRefusal
 
 
 @pytest.fixture
@@ -53,9 +54,11 @@ def test_epsilon_grows_each_round_and_the_bank_refuses_past_its_budget(bank):
         epsilons.append(metrics["epsilon"])
         assert n == bank.n_train
     assert 0 < epsilons[0] < epsilons[1] <= config.target_epsilon
-    with pytest.raises(PrivacyBudgetExceeded):
+    with pytest.raises(PolicyRefusal, match="refused: privacy-budget"):
         client.fit(weights, {"server-round": 3})
     assert [e.kind for e in bank.ledger.entries()][-1] == "refusal"
+    assert compose_epsilon(bank.ledger.privacy_history("8"), config.target_delta) <= (
+        config.target_epsilon)
 
 
 def test_fit_returns_only_the_update_and_scalars(bank):

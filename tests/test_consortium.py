@@ -38,6 +38,7 @@ from fedrisk.data import check_table_file, read_table
 from fedrisk.privacy.chain import TrustedKeys
 from fedrisk.privacy.keys import load_or_create_signing_key, load_public_key
 from fedrisk.privacy.verify import verify_ledger, verify_path
+from fedrisk.server.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +278,24 @@ def test_run_without_a_superlink_is_a_one_line_error(second):
     root, base = second
     with pytest.raises(ConsortiumError, match=f"no SuperLink answers at 127.0.0.1:{base + 1}"):
         consortium_run(root, {"num-server-rounds": 1})
+
+
+def test_a_resumed_run_is_the_same_run_at_every_bank(consortium, trained):
+    """`consortium run --resume NAME`: the coordinator died after the last round's checkpoint,
+    before writing its outputs. The resume is a new Flower run that every bank accounts as the
+    same run (run-id) with the same config; a changed config or a finished run is refused."""
+    (Path(trained["config"]["output-dir"]) / "metrics.json").unlink()
+    with pytest.raises(CheckpointError, match="'target-epsilon' is 1.0 here and 3.0"):
+        consortium_run(consortium, {"target-epsilon": 1.0}, resume="dp")
+    metrics = consortium_run(consortium, {}, resume="dp", timeout=RUN_TIMEOUT)
+    assert metrics["run_id"] == trained["run_id"] and metrics["resumed_from_round"] == 2
+    assert metrics["resumes"][0]["flower_run_id"] != trained["run_id"]
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    for bank in BANKS:  # admitted again under the run's id, nothing charged twice
+        (ledger,) = (consortium / "banks" / bank / "state").rglob("*.jsonl")
+        assert verify_ledger(ledger).ok
+        spends = [line for line in ledger.read_text().splitlines()
+                  if '"privacy_spend"' in line and f'"{trained["run_id"]}"' in line]
+        assert len(spends) == 3  # rounds 1, 2 and personalization: the resume trained nothing
+    with pytest.raises(ConsortiumError, match="finished all 2 rounds"):
+        consortium_run(consortium, {}, resume="dp")

@@ -440,7 +440,7 @@ def test_a_bank_that_cannot_write_its_anchor_fails_before_anything_leaves() -> N
         child.start()
         message = queue.get(timeout=60)
         child.join(timeout=60)
-        assert message.startswith("LedgerError: cannot write the ledger anchor")
+        assert message.startswith("LedgerUnwritable: cannot write the ledger anchor")
         assert "must be treated as not sent" in message
         assert "\n" not in message
         os.chmod(ledger.path.parent, 0o700)

@@ -14,18 +14,21 @@ from flwr.common import NDArrays, Scalar, ndarray_to_bytes
 
 from fedrisk.client.bank import Bank
 from fedrisk.client.evaluation import HeldOutEvaluation, plan_evaluation
+from fedrisk.client.refusal import BUDGET_KEY
 from fedrisk.config import RunConfig
 from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
 from fedrisk.privacy.accounting import (
     DPSchedule,
+    History,
     PrivacyBudgetExceeded,
+    capped_noise,
     check_budget,
     compose_epsilon,
     plan_schedule,
 )
 from fedrisk.privacy.dpsgd import TrainingSettings, train_locally
 from fedrisk.privacy.policy import PolicyRefusal
-from fedrisk.privacy.release import check_lifetime
+from fedrisk.privacy.release import EVALUATION_RELEASES, check_lifetime, release_history
 
 log = logging.getLogger("fedrisk.bank")
 
@@ -57,13 +60,15 @@ class BankClient(NumPyClient):
 
         Under DP the round's spend is appended to the bank's signed ledger *before*
         training starts (write-ahead): a bank that crashes or times out after
-        training is still charged. A bank whose budget cannot cover the round raises
-        :class:`PrivacyBudgetExceeded`, which Flower turns into an error reply.
+        training is still charged. σ is planned for the rest of the run from this run's
+        spends in the bank's own ledger (:meth:`_schedule`). A bank whose budget cannot
+        cover the round records a ``refusal`` and raises ``PolicyRefusal("privacy-budget")``,
+        which the egress guard sends as ``refused: privacy-budget``.
         """
         server_round = int(config["server-round"])
+        schedule, spend = self._charge(server_round) if self.config.dp else (None, None)
         model = build_model(self.spec, self.config.seed)
         set_model_arrays(model, parameters)
-        schedule, spend = self._charge(server_round) if self.config.dp else (None, None)
         result = train_locally(model, self.bank.train_features, self.bank.train_labels,
                                self._settings(), schedule,
                                seed=self.config.seed * 10_007 + server_round,
@@ -142,24 +147,49 @@ class BankClient(NumPyClient):
 
         Raises :class:`PolicyRefusal` naming the policy key the run would break: the run
         config's rules (DP, ε and δ caps, accountant, secure aggregation, split, model),
-        and the lifetime cap on this table over the whole planned run; or
+        a run id this bank already charged under another run config (``run-config``),
+        and the lifetime cap on this table over what is left of the run; or
         :class:`PrivacyBudgetExceeded` when a dataset-scoped budget is already spent.
         """
         policy, cfg = self.bank.policy, self.config
         policy.check_run(cfg, self.bank.n_train)
+        self._check_same_run_config()
         if math.isinf(policy.max_epsilon_lifetime):
             return
         if not cfg.dp:
             raise PolicyRefusal("max-epsilon-lifetime", "a non-private run has unbounded ε, "
                                 "and this table has a lifetime cap")
-        prior = (_history_by_run(self.bank.ledger, exclude=self.run_id)
-                 if cfg.privacy_budget_scope == "dataset" else [])
-        schedule = self._plan(prior)  # PrivacyBudgetExceeded: this data's budget is spent
-        run_steps = (cfg.num_server_rounds * schedule.steps_per_round
-                     + schedule.personalization_steps)
-        evaluation = plan_evaluation(self.bank, cfg).history
+        prior, spent = self._histories()
+        spends = self._run_spends()
+        done = len({b["round"] for b in spends if b.get("phase") == "train"})
+        left = max(cfg.num_server_rounds - done, 0)
+        personalize = left > 0 or not any(b.get("phase") == "personalize" for b in spends)
+        schedule = self._schedule(prior, spent, left, personalize)  # PrivacyBudgetExceeded
+        run_steps = left * schedule.steps_per_round + schedule.personalization_steps
+        evaluation = plan_evaluation(
+            self.bank, cfg, release_history(self.bank.ledger, self.run_id, EVALUATION_RELEASES),
+            done + 1)
         self._check_lifetime([(schedule.noise_multiplier, schedule.sample_rate, run_steps),
-                              *evaluation])
+                              *[(evaluation.noise_multiplier, 1.0, 1)] * evaluation.left])
+
+    def _run_spends(self) -> list[dict]:
+        """The ``privacy_spend`` bodies of this run in the bank's own ledger."""
+        return [e.body for e in self.bank.ledger.entries()
+                if e.kind == "privacy_spend" and e.body["run_id"] == self.run_id]
+
+    def _check_same_run_config(self) -> None:
+        """Refuse a run id this bank has charged under another run config.
+
+        A resumed run keeps its config; a coordinator re-proposing a known run id with,
+        say, a larger ``target-epsilon`` or more rounds would otherwise stretch that run's
+        budget. Every ``privacy_spend`` entry carries the run config's fingerprint.
+        """
+        mine = self.config.fingerprint()
+        other = {b["config_sha256"] for b in self._run_spends() if "config_sha256" in b} - {mine}
+        if other:
+            raise PolicyRefusal("run-config", f"run {self.run_id} was charged under another "
+                                f"run config ({sorted(other)[0][:12]}, now {mine[:12]}): a "
+                                "resumed run must keep its config")
 
     def _check_lifetime(self, planned: list[tuple[float, float, int]]) -> None:
         """Refuse if this table's lifetime ε (everything released, plus ``planned``) > cap."""
@@ -190,13 +220,54 @@ class BankClient(NumPyClient):
         })
         return value
 
-    def _plan(self, prior: list[tuple[float, float, int]]) -> DPSchedule:
-        """Plan the run: σ meets the budget over all rounds plus personalization."""
+    def _plan(self, prior: History, rounds: int | None = None,
+              personalize: bool = True) -> DPSchedule:
+        """σ such that ``prior``, ``rounds`` rounds (default: all) and personalization fit."""
         cfg = self.config
         return plan_schedule(self.bank.n_train, cfg.batch_size, cfg.local_epochs,
-                             cfg.num_server_rounds, cfg.target_epsilon, cfg.target_delta, prior,
-                             self.accountants,
-                             personalization_epochs=self._personalization_epochs())
+                             cfg.num_server_rounds if rounds is None else rounds,
+                             cfg.target_epsilon, cfg.target_delta, prior, self.accountants,
+                             personalization_epochs=self._personalization_epochs()
+                             if personalize else 0)
+
+    def _histories(self) -> tuple[History, History]:
+        """``(prior, spent)``: other runs' spends (scope ``dataset``) and this run's, per ledger."""
+        ledger = self.bank.ledger
+        prior = (_history_by_run(ledger, exclude=self.run_id)
+                 if self.config.privacy_budget_scope == "dataset" else [])
+        return prior, ledger.privacy_history(self.run_id)
+
+    def _schedule(self, prior: History, spent: History, rounds_left: int,
+                  personalize: bool = True) -> DPSchedule:
+        """σ for the rest of this run, from what the bank's own ledger says is spent.
+
+        The run's plan (σ for every round and personalization, planned from ``prior``)
+        while the ledger is on it, or the σ of the run's last spend if that still fits.
+        Otherwise (a resumed run repeating the round it crashed in, a coordinator
+        re-sending rounds or numbering them anew) σ is planned afresh: ``rounds_left``
+        rounds and (with ``personalize``, when it is still to come) personalization in the
+        budget left after ``spent``. Whatever the coordinator says about rounds, this
+        run's ε stays within ``target-epsilon``; :class:`PrivacyBudgetExceeded` when the
+        budget left cannot pay a round at up to the policy's ``max-replanned-noise``
+        times the planned σ.
+        """
+        cfg = self.config
+        plan = self._plan(prior)
+        candidates = [plan]
+        if spent and spent[-1][1] == plan.sample_rate:
+            candidates.append(replace(plan, noise_multiplier=spent[-1][0]))
+        for schedule in candidates:
+            schedule = replace(schedule, personalization_steps=schedule.personalization_steps
+                               if personalize else 0)
+            rest = (schedule.noise_multiplier, schedule.sample_rate,
+                    rounds_left * schedule.steps_per_round + schedule.personalization_steps)
+            if compose_epsilon([*prior, *spent, rest], cfg.target_delta, self.accountants
+                               ) <= cfg.target_epsilon * (1 + 1e-9):
+                return schedule
+        replanned = self._plan([*prior, *spent], rounds_left, personalize)
+        sigma = capped_noise(replanned.noise_multiplier, plan.noise_multiplier,
+                             self.bank.policy.max_replanned_noise)
+        return replace(replanned, noise_multiplier=sigma)
 
     def _personalization_epochs(self) -> int:
         return self.config.personalization_epochs if self.config.personalization != "none" else 0
@@ -209,19 +280,21 @@ class BankClient(NumPyClient):
         ``privacy_spend`` entry written (with ε of the run and lifetime after it).
         """
         cfg, ledger = self.config, self.bank.ledger
-        prior = (_history_by_run(ledger, exclude=self.run_id)
-                 if cfg.privacy_budget_scope == "dataset" else [])
+        self._check_same_run_config()
+        prior, spent = self._histories()
+        rounds_left = max(cfg.num_server_rounds - server_round + 1, 1) if phase == "train" else 0
         try:
-            schedule = self._plan(prior)
+            schedule = self._schedule(prior, spent, rounds_left)
             steps = schedule.steps_per_round if phase == "train" else schedule.personalization_steps
-            check_budget([*prior, *ledger.privacy_history(self.run_id)], schedule,
-                         cfg.target_epsilon, cfg.target_delta, self.accountants, steps)
+            check_budget([*prior, *spent], schedule, cfg.target_epsilon, cfg.target_delta,
+                         self.accountants, steps)
             self._check_lifetime([(schedule.noise_multiplier, schedule.sample_rate, steps)])
-        except PrivacyBudgetExceeded as refusal:
+        except PrivacyBudgetExceeded as exhausted:
             ledger.append("refusal", {"run_id": self.run_id, "round": server_round,
-                                      "phase": phase, "reason": str(refusal)})
-            log.warning("bank %s refuses round %s: %s", self.bank.bank_id, server_round, refusal)
-            raise
+                                      "phase": phase, "policy_key": BUDGET_KEY,
+                                      "reason": str(exhausted)})
+            raise PolicyRefusal(BUDGET_KEY, f"{phase} of round {server_round}: {exhausted}",
+                                recorded=True) from None
         if cfg.target_delta >= 1 / self.bank.n_train:
             log.warning("bank %s: δ=%g is not below 1/n=%g; the guarantee is weak",
                         self.bank.bank_id, cfg.target_delta, 1 / self.bank.n_train)
@@ -236,6 +309,7 @@ class BankClient(NumPyClient):
             "accountants": list(self.accountants),
             "epsilon": compose_epsilon(run_history, cfg.target_delta, self.accountants),
             "epsilon_lifetime": compose_epsilon(lifetime, cfg.target_delta, self.accountants),
+            "config_sha256": cfg.fingerprint(),
         }
         ledger.append("privacy_spend", spend)
         return schedule, spend

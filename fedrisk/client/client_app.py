@@ -17,7 +17,8 @@ from fedrisk.config import RunConfig
 def client_fn(context: Context) -> Client:
     """Build this node's bank client from its node config and the run config."""
     config = RunConfig.from_run_config(dict(context.run_config))
-    return BankClient(bank_for_context(context), config, context.run_id).to_client()
+    return BankClient(bank_for_context(context), config,
+                      config.ledger_run_id(context.run_id)).to_client()
 
 
 # The policy decides first; the guard then sees exactly what would leave, after masking.

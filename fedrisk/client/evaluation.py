@@ -38,9 +38,22 @@ from fedrisk.models.histograms import (
     score_histograms,
 )
 from fedrisk.models.metrics import discrimination_metrics, grade_metrics, predicted_grades
-from fedrisk.privacy.accounting import History, calibrate_noise_multiplier
+from fedrisk.privacy.accounting import (
+    History,
+    PrivacyBudgetExceeded,
+    calibrate_noise_multiplier,
+    capped_noise,
+    compose_epsilon,
+)
 from fedrisk.privacy.dpsgd import predict_logits
-from fedrisk.privacy.release import Release, charge_release, check_lifetime, gaussian_release
+from fedrisk.privacy.release import (
+    EVALUATION_RELEASES,
+    Release,
+    charge_release,
+    check_lifetime,
+    gaussian_release,
+    release_history,
+)
 
 # Trains the global model in place into the bank's personalized model (DP, charged);
 # returns the training spend's metrics (ε of the run and lifetime).
@@ -58,6 +71,7 @@ class EvaluationPlan:
         noise_multiplier: noise std of every release relative to its L2 sensitivity (1),
             calibrated so that all :attr:`releases` together meet ``eval-epsilon`` at the
             run's δ with the bank's accountants.
+        left: the releases still to come, from the round the plan was made for on.
 
     """
 
@@ -65,6 +79,7 @@ class EvaluationPlan:
     personalized: bool
     grades: bool
     noise_multiplier: float
+    left: int
 
     @property
     def releases(self) -> int:
@@ -77,15 +92,31 @@ class EvaluationPlan:
         return [(self.noise_multiplier, 1.0, 1)] * self.releases
 
 
-def plan_evaluation(bank: Bank, config: RunConfig) -> EvaluationPlan:
-    """Plan a run's evaluation releases at ``bank`` and calibrate their noise."""
+def plan_evaluation(bank: Bank, config: RunConfig, spent: History = (),
+                    from_round: int = 1) -> EvaluationPlan:
+    """Plan a run's evaluation releases at ``bank`` from round ``from_round`` on.
+
+    ``spent``: the run's evaluation releases already in the bank's ledger. While they
+    are what the run's plan foresaw, σ is the plan's (every planned release at one σ,
+    meeting ``eval-epsilon``); when they are more (a resumed run evaluating a round
+    again), σ is calibrated anew so that the releases left fit in what is left, up to the
+    policy's ``max-replanned-noise`` times the planned σ (else ``PrivacyBudgetExceeded``).
+    """
     personalized = config.personalization != "none"
     grades = bank.test_grades is not None
     rounds = config.evaluation_rounds
-    releases = len(rounds) + personalized + grades
-    sigma = calibrate_noise_multiplier(config.eval_epsilon, config.target_delta, 1.0, releases,
-                                       accountant=bank.policy.accountants_for(config))
-    return EvaluationPlan(rounds, personalized, grades, sigma)
+    accountants = bank.policy.accountants_for(config)
+    sigma = calibrate_noise_multiplier(config.eval_epsilon, config.target_delta, 1.0,
+                                       len(rounds) + personalized + grades,
+                                       accountant=accountants)
+    final = personalized + grades if from_round <= config.num_server_rounds else 0
+    left = len([r for r in rounds if r >= from_round]) + final
+    if spent and compose_epsilon([*spent, (sigma, 1.0, left)], config.target_delta,
+                                 accountants) > config.eval_epsilon * (1 + 1e-9):
+        sigma = capped_noise(calibrate_noise_multiplier(
+            config.eval_epsilon, config.target_delta, 1.0, max(left, 1), spent, accountants),
+            sigma, bank.policy.max_replanned_noise)
+    return EvaluationPlan(rounds, personalized, grades, sigma, left)
 
 
 class HeldOutEvaluation:
@@ -134,7 +165,13 @@ class HeldOutEvaluation:
 
     def _private(self, model: nn.Module, personalize: Personalize | None,
                  server_round: int) -> tuple[float, int, dict[str, Scalar]]:
-        plan = plan_evaluation(self.bank, self.config)
+        spent = release_history(self.bank.ledger, self.run_id, EVALUATION_RELEASES)
+        try:
+            plan = plan_evaluation(self.bank, self.config, spent, server_round)
+        except PrivacyBudgetExceeded as exhausted:  # recorded as charge_release records it
+            self.bank.ledger.append("refusal", {"run_id": self.run_id, "round": server_round,
+                                                "phase": "evaluation", "reason": str(exhausted)})
+            raise
         grid = eval_grid(self.spec.prior_default_rate, self.config.eval_bins,
                          self.config.eval_logit_low, self.config.eval_logit_high)
         positive, negative, spend = self._release_scores(model, grid, plan, server_round,

@@ -28,12 +28,13 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 
 from fedrisk.client.bank import Bank, bank_for_context
 from fedrisk.client.bank_client import model_spec_for
-from fedrisk.client.refusal import message_round, refusal_reply
+from fedrisk.client.refusal import BUDGET_KEY, ledger_refusal, message_round, refusal_reply
 from fedrisk.client.secagg import protocol_state
 from fedrisk.config import RunConfig
 from fedrisk.models import build_model
 from fedrisk.models.histograms import GRADE_ERROR_RANGE, HISTOGRAM_BINS
 from fedrisk.privacy.accounting import PrivacyBudgetExceeded
+from fedrisk.privacy.chain import LedgerUnwritable
 from fedrisk.privacy.egress import EgressPolicy, inspect_metadata, inspect_reply
 from fedrisk.privacy.ledger import egress_body
 from fedrisk.privacy.policy import PolicyRefusal
@@ -45,7 +46,12 @@ log = logging.getLogger("fedrisk.guard")
 
 
 def egress_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Inspect the bank's reply; record and send it, or block it with a fixed error."""
+    """Inspect the bank's reply; record and send it, or block it with a fixed error.
+
+    A ledger that cannot be written (a read-only or full disk) stops the message
+    whatever stage fails to write: the bank refuses (``refused: ledger-write``) and
+    nothing leaves.
+    """
     try:
         config = RunConfig.from_run_config(dict(context.run_config))
         bank = bank_for_context(context)
@@ -53,33 +59,44 @@ def egress_guard_mod(msg: Message, context: Context, call_next: ClientAppCallabl
         log.error("bank refuses to take part: %s", error)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                              "bank failed (see the bank's log)"), reply_to=msg)
+    run_id = config.ledger_run_id(context.run_id)
+    try:
+        return _guarded(msg, context, call_next, bank, config, run_id)
+    except LedgerUnwritable as unwritable:
+        return refusal_reply(msg, run_id, None, bank.bank_id, ledger_refusal(unwritable))
+
+
+def _guarded(msg: Message, context: Context, call_next: ClientAppCallable, bank: Bank,
+             config: RunConfig, run_id: str) -> Message:
     request = _secagg_request(msg)
     try:
         reply = call_next(msg, context)
     except PolicyRefusal as refusal:
-        return refusal_reply(msg, context.run_id, bank.ledger, bank.bank_id, refusal)
+        return refusal_reply(msg, run_id, bank.ledger, bank.bank_id, refusal)
+    except LedgerUnwritable:
+        raise
     except Exception as error:  # noqa: BLE001 - every failure becomes a sanitized reply
-        return _failure_reply(msg, bank, context, error)
+        return _failure_reply(msg, bank, run_id, error)
     if reply.has_error():
-        return _failure_reply(msg, bank, context, RuntimeError(reply.error.reason))
+        return _failure_reply(msg, bank, run_id, RuntimeError(reply.error.reason))
     stage = None if request is None else str(request.get(Key.STAGE))
     kind = msg.metadata.message_type + (f"/{stage}" if stage else "")
-    violations = _inspect(msg, reply, bank, config, context, request)
+    violations = _inspect(msg, reply, bank, config, run_id, context, request)
     if violations:
         log.error("egress guard blocked %s reply of bank %s: %s", kind, bank.bank_id,
                   "; ".join(violations))
-        bank.ledger.append("blocked", {"run_id": str(context.run_id), "round": message_round(msg),
+        bank.ledger.append("blocked", {"run_id": run_id, "round": message_round(msg),
                                        "message_kind": kind, "violations": violations[:20]})
         return Message(Error(ErrorCode.MOD_FAILED_PRECONDITION,
                              f"egress guard of bank {bank.bank_id} blocked its {kind} reply"),
                        reply_to=msg)
     outgoing = Message(reply.content, reply_to=msg)
-    bank.ledger.append("egress", _egress_record(msg, outgoing, kind, bank, context, stage))
+    bank.ledger.append("egress", _egress_record(msg, outgoing, kind, bank, run_id, stage))
     return outgoing
 
 
-def _inspect(msg: Message, reply: Message, bank: Bank, config: RunConfig, context: Context,
-             request: dict | None) -> list[str]:
+def _inspect(msg: Message, reply: Message, bank: Bank, config: RunConfig, run_id: str,
+             context: Context, request: dict | None) -> list[str]:
     """Every violation in ``reply``; a reply that cannot even be inspected is one."""
     try:
         exchange = None if request is None else SecAggExchange(
@@ -88,16 +105,15 @@ def _inspect(msg: Message, reply: Message, bank: Bank, config: RunConfig, contex
             return ["no SecAgg+ state to check the reply against"]
         return (inspect_metadata(msg, reply)
                 + inspect_reply(reply.content, msg.metadata.message_type,
-                                _policy(bank, config, context), exchange))
+                                _policy(bank, config, run_id), exchange))
     except Exception as error:  # noqa: BLE001 - what cannot be checked may not leave
         return [f"reply could not be inspected ({type(error).__name__})"]
 
 
-def _policy(bank: Bank, config: RunConfig, context: Context) -> EgressPolicy:
+def _policy(bank: Bank, config: RunConfig, run: str) -> EgressPolicy:
     spec = model_spec_for(bank, config)
     shapes = tuple(tuple(t.shape) for t in build_model(spec).state_dict().values())
     entries = bank.ledger.entries()
-    run = str(context.run_id)
     spends = [e.body for e in entries
               if e.kind == "privacy_spend" and e.body.get("run_id") == run]
     releases = [e.body for e in entries if e.kind == "release_spend"
@@ -122,19 +138,25 @@ def _secagg_request(msg: Message) -> dict | None:
             for key, value in configs.items()}
 
 
-def _failure_reply(msg: Message, bank: Bank, context: Context, error: BaseException) -> Message:
-    """Replace any failure by a fixed reason: exception text could carry data out."""
-    refused = isinstance(error, PrivacyBudgetExceeded) or "budget exhausted" in str(error)
-    reason = "privacy budget exhausted" if refused else "bank failed (see the bank's log)"
+def _failure_reply(msg: Message, bank: Bank, run_id: str, error: BaseException) -> Message:
+    """Replace any failure by a fixed reason: exception text could carry data out.
+
+    A budget the bank cannot pay (an evaluation release beyond ``eval-epsilon``, already
+    recorded as a ``refusal``) is the bank's refusal: ``refused: privacy-budget``.
+    """
+    if isinstance(error, PrivacyBudgetExceeded) or "budget exhausted" in str(error):
+        return refusal_reply(msg, run_id, bank.ledger, bank.bank_id,
+                             PolicyRefusal(BUDGET_KEY, str(error), recorded=True))
+    reason = "bank failed (see the bank's log)"
     log.error("bank %s: %s reply replaced by an error: %s", bank.bank_id,
               msg.metadata.message_type, error)
-    bank.ledger.append("note", {"run_id": str(context.run_id), "round": message_round(msg),
+    bank.ledger.append("note", {"run_id": run_id, "round": message_round(msg),
                                 "event": "error reply", "reason": reason})
     return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                          f"bank {bank.bank_id}: {reason}"), reply_to=msg)
 
 
-def _egress_record(msg: Message, reply: Message, kind: str, bank: Bank, context: Context,
+def _egress_record(msg: Message, reply: Message, kind: str, bank: Bank, run_id: str,
                    stage: str | None) -> dict:
     """What the ledger keeps of a message that leaves: every array and blob, and the scalars.
 
@@ -152,7 +174,7 @@ def _egress_record(msg: Message, reply: Message, kind: str, bank: Bank, context:
     for name in ("fitres.metrics", "evaluateres.metrics"):
         if name in content.config_records:
             metrics |= dict(content.config_records[name])
-    return egress_body(run_id=str(context.run_id), round=message_round(msg), message_kind=kind,
+    return egress_body(run_id=run_id, round=message_round(msg), message_kind=kind,
                        arrays=arrays, metrics=metrics, epsilon=bank.ledger.last_epsilon(),
                        secure_aggregation=stage is not None)
 

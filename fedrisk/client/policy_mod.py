@@ -21,11 +21,16 @@ from flwr.common.constant import ErrorCode
 
 from fedrisk.client.bank import Bank, bank_for_context, resolve_source
 from fedrisk.client.bank_client import BankClient
-from fedrisk.client.refusal import refusal_reply
+from fedrisk.client.refusal import (
+    BUDGET_KEY,
+    ledger_refusal,
+    refusal_message,
+    refusal_reply,
+)
 from fedrisk.config import RunConfig
 from fedrisk.data import TableRefused
 from fedrisk.privacy.accounting import PrivacyBudgetExceeded
-from fedrisk.privacy.chain import LedgerRollback
+from fedrisk.privacy.chain import LedgerRollback, LedgerUnwritable
 from fedrisk.privacy.ledger import known_head_key, parse_known_head
 from fedrisk.privacy.policy import PolicyRefusal
 
@@ -36,14 +41,15 @@ TABLE_REFUSED = "its table fails the contract"
 
 def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Refuse the message if its run breaks the bank's policy; otherwise pass it on."""
+    run_id: int | str = context.run_id
     try:
         config = RunConfig.from_run_config(dict(context.run_config))
+        run_id = config.ledger_run_id(context.run_id)
         bank = bank_for_context(context)
         _check_known_head(msg, bank)
-    except LedgerRollback as rollback:  # the ledger cannot be trusted: log it, write nothing
+    except (LedgerRollback, LedgerUnwritable) as unusable:  # log it, write nothing
         bank_id = resolve_source(dict(context.node_config), config).bank_id
-        return refusal_reply(msg, context.run_id, None, bank_id,
-                             PolicyRefusal("ledger-rollback", str(rollback)))
+        return refusal_reply(msg, run_id, None, bank_id, ledger_refusal(unusable))
     except TableRefused as refused:  # the check's public text: which check, which column
         bank_id = resolve_source(dict(context.node_config), config).bank_id
         log.error("bank refuses to take part: %s", refused)
@@ -53,18 +59,28 @@ def policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         log.error("bank refuses to take part: %s", error)
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
                              "bank failed (see the bank's log)"), reply_to=msg)
-    client = BankClient(bank, config, context.run_id)
+    client = BankClient(bank, config, run_id)
     try:
         bank.policy.check_run(config, bank.n_train)  # cheap: every message
         if ADMITTED not in context.state.config_records:
             client.admit()  # plans the run once: the lifetime cap over all of it
-            context.state.config_records[ADMITTED] = ConfigRecord({"run": str(context.run_id)})
+            context.state.config_records[ADMITTED] = ConfigRecord({"run": run_id})
     except PolicyRefusal as refusal:
-        return refusal_reply(msg, context.run_id, bank.ledger, bank.bank_id, refusal)
+        return _refuse(msg, run_id, bank, refusal)
     except PrivacyBudgetExceeded as exhausted:
-        refusal = PolicyRefusal("privacy-budget", str(exhausted))
-        return refusal_reply(msg, context.run_id, bank.ledger, bank.bank_id, refusal)
+        return _refuse(msg, run_id, bank, PolicyRefusal(BUDGET_KEY, str(exhausted)))
+    except LedgerUnwritable as unwritable:
+        return refusal_reply(msg, run_id, None, bank.bank_id, ledger_refusal(unwritable))
     return call_next(msg, context)
+
+
+def _refuse(msg: Message, run_id: str, bank: Bank, refusal: PolicyRefusal) -> Message:
+    """The refusal reply, recorded in the ledger when the ledger can still be written."""
+    try:
+        return refusal_reply(msg, run_id, bank.ledger, bank.bank_id, refusal)
+    except LedgerUnwritable as unwritable:
+        log.error("bank %s cannot record its refusal: %s", bank.bank_id, unwritable)
+        return refusal_message(msg, bank.bank_id, refusal)
 
 
 def _check_known_head(msg: Message, bank: Bank) -> None:

@@ -16,6 +16,7 @@ import re
 import subprocess
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,7 +39,7 @@ _EXCEPTION = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exceeded|Refused)
 
 def consortium_run(directory: Path, run_config: dict, name: str | None = None,
                    app_dir: Path | None = None, timeout: float = DEFAULT_RUN_TIMEOUT,
-                   echo: Callable[[str], None] = print) -> dict:
+                   echo: Callable[[str], None] = print, resume: str | None = None) -> dict:
     """Run one federated training on the consortium and return its metrics.json.
 
     Args:
@@ -50,9 +51,13 @@ def consortium_run(directory: Path, run_config: dict, name: str | None = None,
         app_dir: the Flower app to submit (default: the fedrisk project root).
         timeout: seconds before the run is stopped and reported as failed.
         echo: where each streamed log line goes.
+        resume: the name of a run (its folder under ``runs/``) to continue at the round
+            after its checkpoint, as the same run in every bank's ledger (its ``run-id``)
+            and with the same config; ``run_config`` may only repeat the run's values.
 
     Raises:
         ConfigError: a bad run-config value (before anything is submitted).
+        CheckpointError: ``resume`` names no usable checkpoint, or changes the config.
         ConsortiumError: the SuperLink is not reachable, or a registered bank is offline.
         RunFailedError: the run did not complete; the message has the reason.
 
@@ -62,7 +67,11 @@ def consortium_run(directory: Path, run_config: dict, name: str | None = None,
     app = _app_dir(app_dir, layout)
     _require_superlink(settings)
     write_cli_connection(layout, settings)
-    config, output, name = _run_config(layout, run_config, name, _online_banks(layout.root))
+    banks = _online_banks(layout.root)
+    if resume is not None:
+        config, output, name = _resume_config(layout, run_config, resume)
+    else:
+        config, output, name = _run_config(layout, run_config, name, banks)
     config_file = _write_run_config(layout, config, name)
     log_path = layout.log(f"run-{name}")
     command = flwr_command(layout, "run", "run", str(app), settings.connection,
@@ -155,6 +164,25 @@ def _run_config(layout: Layout, run_config: dict, name: str | None,
 
     RunConfig.from_run_config(config)  # a bad value is a one-line ConfigError, here
     return config, output, name
+
+
+def _resume_config(layout: Layout, run_config: dict, name: str) -> tuple[dict, Path, str]:
+    """The config that continues run ``name``: its checkpointed config, its run id, ``resume``."""
+    from fedrisk.config import RunConfig  # imports torch: only when a run is submitted
+    from fedrisk.server.checkpoint import check_same_run, read_checkpoint
+
+    submitted = layout.runs / name / "run-config.toml"
+    if not submitted.is_file():
+        raise ConsortiumError(f"no run named {name!r} to resume ({submitted} is missing)")
+    output = Path(str(tomllib.loads(submitted.read_text())["output-dir"]))
+    checkpoint = read_checkpoint(output)
+    if checkpoint.round >= checkpoint.num_rounds and (output / "metrics.json").is_file():
+        raise ConsortiumError(f"run {name!r} finished all {checkpoint.num_rounds} rounds; "
+                              "there is nothing to resume")
+    resumed = {"run-id": checkpoint.run_id, "resume": True}
+    given = RunConfig.from_run_config({**checkpoint.config, **run_config, **resumed})
+    check_same_run(checkpoint, given, checkpoint.run_id, output)
+    return {**checkpoint.config, **resumed}, output, name
 
 
 def _write_run_config(layout: Layout, config: dict, name: str) -> Path:

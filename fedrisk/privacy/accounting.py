@@ -220,3 +220,18 @@ def check_budget(history: History, schedule: DPSchedule, target_epsilon: float,
             f"{epsilon_after:.3f} > target ε {target_epsilon:g} at δ={target_delta:g}"
         )
     return epsilon_after
+
+
+def capped_noise(replanned: float, planned: float, max_factor: float) -> float:
+    """``replanned`` σ, unless it exceeds ``max_factor`` × the run's ``planned`` σ.
+
+    A bank re-plans σ when its ledger shows more of a run spent than planned; past this
+    bound (the bank policy's ``max-replanned-noise``) what is left cannot pay a useful
+    round, and the bank refuses with :class:`PrivacyBudgetExceeded`.
+    """
+    if replanned > max_factor * planned:
+        raise PrivacyBudgetExceeded(
+            f"privacy budget exhausted: what is left of the run's budget needs σ "
+            f"{replanned:.3g}, above max-replanned-noise {max_factor:g} × the planned σ "
+            f"{planned:.3g}")
+    return replanned

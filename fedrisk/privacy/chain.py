@@ -84,6 +84,15 @@ class LedgerError(UserError):
     """The ledger cannot be used: broken chain, wrong bank/dataset/key, or a non-JSON body."""
 
 
+class LedgerUnwritable(LedgerError):
+    """The bank cannot write its ledger or its key (a read-only or full disk).
+
+    Every spend is written before its message leaves (write-ahead), so a bank that
+    cannot write refuses the message: nothing is trained, released or sent. The message
+    names the path and the OS error.
+    """
+
+
 class LedgerRollback(LedgerError):
     """The ledger is shorter than, or differs from, a head recorded outside it.
 

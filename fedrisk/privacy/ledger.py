@@ -58,6 +58,7 @@ from fedrisk.privacy.chain import (
     LedgerEntry,
     LedgerError,
     LedgerRollback,
+    LedgerUnwritable,
     last_epsilon,
     public_key_bytes,
     scan_lines,
@@ -112,7 +113,9 @@ class EgressLedger:
             LedgerRollback: the ledger is shorter than its anchor, differs from it,
                 or is missing or empty while its anchor exists.
             LedgerError: the chain is broken, the ledger belongs to another bank,
-                dataset or key, or the anchor cannot be written.
+                dataset or key.
+            LedgerUnwritable: the ledger or its anchor cannot be written (a read-only
+                or full disk); the message names the path and the OS error.
 
         """
         _require_text(bank_id, "bank_id")
@@ -125,19 +128,24 @@ class EgressLedger:
         self._checker = ChainChecker()
         self._entries: list[LedgerEntry] = []
         self._offset = 0
-        self._create_file_if_absent()
-        with self._locked(exclusive=True) as fd:
-            self._sync(fd, repair=True)
-            if not self._entries:
-                self._write(fd, GENESIS_KIND, self._genesis_body())
-            self._check_owner()
-            anchor = read_anchor(self.anchor_path)
-            if anchor is None:
-                self._write(fd, "note", {"event": "anchor created", "entries": len(self._entries),
-                                         "reason": "no anchor beside the ledger (first use of "
-                                                   "anchoring, or the anchor was deleted)"})
-            elif anchor.count < len(self._entries):  # stopped between a line and its anchor
-                write_anchor(self.anchor_path, len(self._entries), self._entries[-1].entry_hash)
+        try:
+            self._create_file_if_absent()
+            with self._locked(exclusive=True) as fd:
+                self._sync(fd, repair=True)
+                if not self._entries:
+                    self._write(fd, GENESIS_KIND, self._genesis_body())
+                self._check_owner()
+                anchor = read_anchor(self.anchor_path)
+                if anchor is None:
+                    self._write(fd, "note", {
+                        "event": "anchor created", "entries": len(self._entries),
+                        "reason": "no anchor beside the ledger (first use of anchoring, or "
+                                  "the anchor was deleted)"})
+                elif anchor.count < len(self._entries):  # stopped between a line and anchor
+                    write_anchor(self.anchor_path, len(self._entries),
+                                 self._entries[-1].entry_hash)
+        except OSError as exc:
+            raise unwritable(exc, self.path) from None
 
     @classmethod
     def for_bank(
@@ -168,7 +176,10 @@ class EgressLedger:
                 f"got {dataset_fingerprint!r}"
             )
         state_dir = Path(state_dir)
-        key = _bank_key(state_dir, key_path)
+        try:
+            key = _bank_key(state_dir, key_path)
+        except OSError as exc:
+            raise unwritable(exc, state_dir / KEY_FILENAME) from None
         path = state_dir / LEDGER_DIRNAME / f"{dataset_fingerprint[:16]}{LEDGER_SUFFIX}"
         return cls(path, key, bank_id, dataset_fingerprint)
 
@@ -184,9 +195,10 @@ class EgressLedger:
         Raises:
             LedgerError: unknown ``kind``; a ``privacy_spend`` body missing
                 ``PRIVACY_SPEND_KEYS``; a body that is not strict JSON (NaN,
-                infinity, non-string keys, non-JSON values); a broken chain; or
-                an anchor that cannot be written (the entry is then in the ledger
-                but must be treated as not sent).
+                infinity, non-string keys, non-JSON values); a broken chain.
+            LedgerUnwritable: the line or its anchor cannot be written (a read-only
+                or full disk; an entry whose anchor failed is in the ledger but must be
+                treated as not sent).
             LedgerRollback: the ledger no longer holds what its anchor records.
 
         """
@@ -198,9 +210,12 @@ class EgressLedger:
             raise LedgerError(f"ledger entry body must be a mapping, got {type(body).__name__}")
         if kind == "privacy_spend":
             _check_privacy_spend(body)
-        with self._locked(exclusive=True) as fd:
-            self._sync(fd, repair=True)
-            return self._write(fd, kind, dict(body))
+        try:
+            with self._locked(exclusive=True) as fd:
+                self._sync(fd, repair=True)
+                return self._write(fd, kind, dict(body))
+        except OSError as exc:
+            raise unwritable(exc, self.path) from None
 
     def entries(self) -> list[LedgerEntry]:
         """Return all entries, genesis first, including those appended by other processes.
@@ -425,7 +440,7 @@ class EgressLedger:
         try:
             write_anchor(self.anchor_path, len(self._entries), entry.entry_hash)
         except OSError as exc:
-            raise LedgerError(
+            raise LedgerUnwritable(
                 f"cannot write the ledger anchor {self.anchor_path} ({exc.strerror}): entry "
                 f"{entry.index} is in the ledger but must be treated as not sent; make the "
                 "bank's state dir writable") from None
@@ -493,6 +508,13 @@ def _new_sidecar(ledger_path: Path, offset: int, data: bytes) -> Path:
         return path
     raise LedgerError(f"ledger {ledger_path}: too many torn-line files beside it; move them "
                       "somewhere safe and restart the bank")
+
+
+def unwritable(exc: OSError, path: Path) -> LedgerUnwritable:
+    """The one-line error of a ledger (or key) the bank cannot write: the path and OS error."""
+    where = exc.filename or path
+    return LedgerUnwritable(f"cannot write the bank's ledger or key at {where}: "
+                            f"[Errno {exc.errno}] {exc.strerror}")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -37,6 +37,13 @@ the coordinator never sees or sets it. Every key and its privacy meaning:
   ``"public"``: the bank declares its exact row counts public.
 - ``size-noise-multiplier``: standard deviation of the noise on a published count
   (sensitivity 1) under ``"dp"``.
+- ``max-replanned-noise``: when the bank's own ledger shows more of a run spent than the
+  run's plan foresaw (a resumed run repeating the round it crashed in, a coordinator
+  re-sending rounds), the bank re-plans σ for the rounds left from the budget left; a
+  round that would need σ above this multiple of the run's planned σ is refused
+  (``privacy-budget``): what is left cannot pay a useful round. It also bounds how many
+  ever-noisier rounds a coordinator can extract from one run (each costs at least a
+  round at this multiple of σ). ε never exceeds the run's target either way.
 - ``approved-apps``: SHA-256 hashes of the Flower app bundles (FABs) this bank runs;
   the bank's executor refuses any other bundle before installing or importing it.
 
@@ -73,11 +80,16 @@ class PolicyRefusal(Exception):
     for the bank's own log and ledger.
     """
 
-    def __init__(self, key: str, detail: str = "") -> None:
-        """Refuse on policy ``key``, with a local-only ``detail``."""
+    def __init__(self, key: str, detail: str = "", *, recorded: bool = False) -> None:
+        """Refuse on policy ``key``, with a local-only ``detail``.
+
+        ``recorded``: the bank already wrote this refusal into its ledger where it decided
+        it (a budget refusal, with the phase it refused), so the reply adds no entry.
+        """
         super().__init__(f"refused: {key}")
         self.key = key
         self.detail = detail
+        self.recorded = recorded
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class BankPolicy:
     max_hidden_layers: int = 2
     size_disclosure: str = "dp"
     size_noise_multiplier: float = 20.0
+    max_replanned_noise: float = 2.0
     approved_apps: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
@@ -203,6 +216,8 @@ class BankPolicy:
             (self.size_disclosure in SIZE_DISCLOSURES, "size-disclosure",
              f"must be one of {', '.join(SIZE_DISCLOSURES)}"),
             (self.size_noise_multiplier > 0, "size-noise-multiplier", "must be positive"),
+            (self.max_replanned_noise >= 1, "max-replanned-noise",
+             "must be at least 1 (a multiple of the run's planned σ)"),
             (all(_HEX_SHA256.fullmatch(h) for h in self.approved_apps), "approved-apps",
              "must be SHA-256 hex digests (lowercase)"),
         )

@@ -69,6 +69,25 @@ class RunRecorder:
         self._received: dict[int, list[str]] = {}
         self.n_grades = 0  # grade levels of the contract, as the banks report it
         self.prior_default_rate = 0.5  # the contract's public prior, as the banks report it
+        self.resumes: list[dict] = []  # each resume: the checkpointed round it started from
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the record: closed rounds and every bank's reports."""
+        return {"rounds": self.rounds, "banks": self.banks, "n_grades": self.n_grades,
+                "prior_default_rate": self.prior_default_rate, "resumes": self.resumes}
+
+    def restore(self, state: dict, from_round: int, flower_run_id: int | str) -> None:
+        """Continue the record of a checkpointed run after its round ``from_round``.
+
+        Rounds after ``from_round`` (closed after the checkpoint was written, then lost
+        with the crash) are dropped: they run again, so each round appears once.
+        """
+        self.rounds = [r for r in state["rounds"] if int(r["round"]) <= from_round]
+        self.banks = {str(k): dict(v) for k, v in state["banks"].items()}
+        self.n_grades = int(state["n_grades"])
+        self.prior_default_rate = float(state["prior_default_rate"])
+        self.resumes = [*state.get("resumes", []),
+                        {"from_round": from_round, "flower_run_id": str(flower_run_id)}]
 
     def on_fit(self, server_round: int, results: list, failures: list) -> None:
         """Record each bank's training scalars (ε, counts) and each failure's reason."""
@@ -211,6 +230,8 @@ class RunRecorder:
                       "personalized_auc": last.get("personalized_auc"),
                       "personalized_auc_noise_sd": last.get("personalized_auc_noise_sd")},
             "baselines": {},
+            "resumed_from_round": self.resumes[-1]["from_round"] if self.resumes else None,
+            "resumes": self.resumes,
         }
 
     def _plot(self, path: Path) -> None:

@@ -7,15 +7,33 @@ import time
 from pathlib import Path
 
 from flwr.app import Context, Message
-from flwr.common import GetParametersIns, Parameters
+from flwr.common import (
+    GetParametersIns,
+    Parameters,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.common.constant import MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+from flwr.server.workflow.default_workflows import (
+    default_evaluate_workflow,
+    default_fit_workflow,
+)
 from flwr.serverapp import Grid, ServerApp
 
 from fedrisk.config import RunConfig
+from fedrisk.server.checkpoint import (
+    Checkpoint,
+    ResumableRounds,
+    check_same_run,
+    checkpoint_path,
+    checkpointed_config,
+    read_checkpoint,
+    write_checkpoint,
+)
 from fedrisk.server.ledger_heads import known_heads_config, read_known_heads, record_heads
 from fedrisk.server.run_record import RunRecorder
 from fedrisk.server.secagg import FIRST_ROUND_MAX_WEIGHT, DropoutSafeSecAggPlus, secagg_counts
@@ -65,25 +83,76 @@ def fit_workflow(config: RunConfig) -> DropoutSafeSecAggPlus | None:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the configured rounds of federated training and write the run's outputs."""
+    """Run the configured rounds of federated training and write the run's outputs.
+
+    After every round the run is checkpointed in ``output-dir``; with ``resume`` it
+    continues the checkpointed run (same ledger run id, same config) at its next round.
+    """
     config = RunConfig.from_run_config(dict(context.run_config))
-    recorder = RunRecorder(config, context.run_id, secure_aggregation_facts(config))
+    run_id = config.ledger_run_id(context.run_id)
+    output = Path(config.output_dir)
+    resumed = _resume_point(config, run_id, output)
+    recorder = RunRecorder(config, run_id, secure_aggregation_facts(config))
     # Each bank gets back the ledger head it last reported with every message: a bank
     # whose ledger was rolled back (or deleted with its anchor) refuses.
     known = known_heads_config(read_known_heads(config.ledger_heads_file))
-    initial = initial_parameters(grid, config, known)
+    initial = initial_parameters(grid, config, known)  # the proposal: banks may refuse
     strategy = UpdateAggregation(make_strategy(config, known), recorder.on_fit,
                                  recorder.on_evaluate, initial,
                                  evaluation_rounds=config.evaluation_rounds,
                                  norm_bound=0.0 if config.secure_aggregation
                                  else config.update_norm_bound)
+    secagg = fit_workflow(config)
+    if resumed is not None:
+        recorder.restore(resumed.record, resumed.round, context.run_id)
+        strategy.restore(resumed.strategy, ndarrays_to_parameters(resumed.weights))
+        if secagg is not None and resumed.secagg_max_weight:
+            secagg.max_weight = resumed.secagg_max_weight
+    rounds = ResumableRounds(secagg or default_fit_workflow, default_evaluate_workflow,
+                             resumed.round if resumed is not None else 0,
+                             RoundCheckpoint(config, run_id, recorder, strategy, secagg))
     legacy = LegacyContext(context=context, strategy=strategy,
                            config=ServerConfig(num_rounds=config.num_server_rounds))
-    DefaultWorkflow(fit_workflow=fit_workflow(config))(grid, legacy)
+    DefaultWorkflow(fit_workflow=rounds.fit, evaluate_workflow=rounds.evaluate)(grid, legacy)
     final = compat.arrayrecord_to_parameters(legacy.state.array_records[MAIN_PARAMS_RECORD],
                                              keep_input=True)
-    recorder.write(final, Path(config.output_dir))
-    record_heads(config.ledger_heads_file, recorder.banks, str(context.run_id))
+    recorder.write(final, output)
+    record_heads(config.ledger_heads_file, recorder.banks, run_id)
+
+
+class RoundCheckpoint:
+    """After each round: the run's checkpoint and the coordinator's record of ledger heads."""
+
+    def __init__(self, config: RunConfig, run_id: str, recorder: RunRecorder,
+                 strategy: UpdateAggregation, secagg: DropoutSafeSecAggPlus | None) -> None:
+        """Checkpoint what these hold into the run config's ``output-dir``."""
+        self.config = config
+        self.run_id = run_id
+        self.recorder = recorder
+        self.strategy = strategy
+        self.secagg = secagg
+
+    def __call__(self, server_round: int, legacy: LegacyContext) -> None:
+        """Write the checkpoint of ``server_round`` (atomically), then the ledger heads."""
+        weights = compat.arrayrecord_to_parameters(
+            legacy.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+        write_checkpoint(self.config.output_dir, Checkpoint(
+            self.run_id, server_round, checkpointed_config(self.config),
+            parameters_to_ndarrays(weights), self.strategy.state(), self.recorder.state(),
+            self.secagg.max_weight if self.secagg is not None else None))
+        record_heads(self.config.ledger_heads_file, self.recorder.banks, self.run_id)
+
+
+def _resume_point(config: RunConfig, run_id: str, output: Path) -> Checkpoint | None:
+    """The checkpoint to continue from (``resume``), checked to be this very run; else None.
+
+    A fresh run starts from round 1 and replaces any checkpoint left in ``output``.
+    """
+    if not config.resume:
+        return None
+    checkpoint = read_checkpoint(output)
+    check_same_run(checkpoint, config, run_id, checkpoint_path(output))
+    return checkpoint
 
 
 def initial_parameters(grid: Grid, config: RunConfig, known_heads: dict[str, str]

@@ -36,6 +36,9 @@ from flwr.server.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Stra
 from fedrisk.config import RunConfig
 
 log = logging.getLogger("fedrisk")
+# What Flower's server optimizers carry from round to round (FedOpt: FedAdam, FedYogi, ...):
+# the weights they step from and the moments. FedAvg, FedProx and the robust ones carry none.
+STRATEGY_STATE = ("current_weights", "m_t", "v_t")
 
 
 class UpdateAggregation(Strategy):
@@ -73,6 +76,22 @@ class UpdateAggregation(Strategy):
         self._on_fit = on_fit
         self._on_evaluate = on_evaluate
         self._norm_bound = norm_bound
+        self._restored: dict[str, list[np.ndarray]] = {}
+
+    def state(self) -> dict[str, list[np.ndarray]]:
+        """The wrapped strategy's round-to-round state (:data:`STRATEGY_STATE`) to checkpoint."""
+        if self._strategy is None:
+            return dict(self._restored)
+        return {name: [np.asarray(a) for a in getattr(self._strategy, name)]
+                for name in STRATEGY_STATE if getattr(self._strategy, name, None)}
+
+    def restore(self, state: dict[str, list[np.ndarray]], weights: Parameters) -> None:
+        """Continue from a checkpoint's global ``weights`` and strategy ``state`` (resume).
+
+        ``state`` goes to the wrapped strategy once it is built.
+        """
+        self._initial = weights
+        self._restored = dict(state)
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """The seeded initial model a bank sent when the run was proposed (no data involved)."""
@@ -84,6 +103,8 @@ class UpdateAggregation(Strategy):
         self._current = parameters
         if self._strategy is None:
             self._strategy = self._make_strategy(parameters)
+            for name, arrays in self._restored.items():
+                setattr(self._strategy, name, [np.array(a) for a in arrays])
         return self._strategy.configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],

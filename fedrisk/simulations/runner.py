@@ -27,6 +27,7 @@ from fedrisk.errors import UserError
 from fedrisk.files import ensure_private_dir, write_private_file
 from fedrisk.models import ModelSpec
 from fedrisk.privacy.policy import BankPolicy
+from fedrisk.server.checkpoint import check_same_run, checkpoint_path, read_checkpoint
 from fedrisk.server.secagg import weight_bound
 from fedrisk.simulations.baselines import (
     Split,
@@ -65,6 +66,9 @@ class SimulationRequest:
         bank_app: the ClientApp the simulated banks run instead of fedrisk's own; for
             studies of misbehaving banks only (``benchmarks/poisoning.py``), never set by
             the CLI.
+        resume: a run folder whose checkpointed run to continue at its next round, with
+            the same banks (its ``data`` folder) and config; ``overrides`` may only repeat
+            the run's own values.
 
     """
 
@@ -79,14 +83,19 @@ class SimulationRequest:
     bank_policy: Path | None = None
     ray_address: str | None = None
     bank_app: ClientApp | None = None
+    resume: Path | None = None
 
 
 def simulate(request: SimulationRequest) -> dict:
     """Run the simulation and return metrics.json's content (also written to output-dir).
 
     Raises :class:`fedrisk.config.ConfigError` or :class:`fedrisk.data.DataError`
-    with a one-line message for bad input, before anything starts.
+    with a one-line message for bad input, before anything starts; with ``resume``,
+    :class:`~fedrisk.server.checkpoint.CheckpointError` for a missing or damaged
+    checkpoint or a changed config, and :class:`SimulationError` for a finished run.
     """
+    if request.resume is not None:
+        return _resume(request)
     config = RunConfig.from_run_config({"dataset": request.dataset, **request.overrides})
     if request.ray_address:
         check_ray_cluster(request.ray_address)
@@ -106,6 +115,36 @@ def simulate(request: SimulationRequest) -> dict:
     config = RunConfig.from_run_config({**config.to_run_config(), **overrides})
     _check_secure_aggregation(config, banks, policy)
     log.info("simulating %d banks: %s", len(banks), ", ".join(banks))
+    checkpoint_path(output_dir).unlink(missing_ok=True)  # a fresh run starts from round 1
+    return _run(config, banks, contract, policy, request)
+
+
+def _resume(request: SimulationRequest) -> dict:
+    """Continue the run checkpointed in ``request.resume`` on its own banks and config."""
+    output_dir = Path(request.resume).resolve()
+    checkpoint = read_checkpoint(output_dir)
+    if checkpoint.round >= checkpoint.num_rounds and (output_dir / "metrics.json").is_file():
+        raise SimulationError(f"{output_dir}: the run finished all {checkpoint.num_rounds} "
+                              "rounds; there is nothing to resume")
+    if request.data is not None or request.contract is not None or request.bank_policy:
+        raise DataError("--resume continues on the run's own bank tables and policies "
+                        f"({checkpoint.config['data-dir']}); drop --data, --contract and "
+                        "--bank-policy")
+    config = RunConfig.from_run_config({**checkpoint.config, "run-id": checkpoint.run_id,
+                                        "resume": True})
+    given = RunConfig.from_run_config({**checkpoint.config, **request.overrides,
+                                       "run-id": checkpoint.run_id, "resume": True})
+    check_same_run(checkpoint, given, checkpoint.run_id, output_dir)
+    banks, contract, policy = read_materialized(Path(config.data_dir))
+    log.info("resuming run %s after round %d of %d", checkpoint.run_id, checkpoint.round,
+             checkpoint.num_rounds)
+    return _run(config, banks, contract, policy, request)
+
+
+def _run(config: RunConfig, banks: dict[str, pd.DataFrame], contract: Contract,
+         policy: BankPolicy, request: SimulationRequest) -> dict:
+    """Run the configured simulation of ``banks``; read (and complete) its metrics.json."""
+    output_dir = Path(config.output_dir)
     metrics_path = output_dir / "metrics.json"
     for stale in (metrics_path, output_dir / REFUSALS_FILE):
         stale.unlink(missing_ok=True)
@@ -121,6 +160,21 @@ def simulate(request: SimulationRequest) -> dict:
         _add_baselines(metrics, banks, contract, policy, config)
         metrics_path.write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def read_materialized(data_dir: Path) -> tuple[dict[str, pd.DataFrame], Contract, BankPolicy]:
+    """The banks' tables, contract and policy as :func:`_materialize` wrote them."""
+    manifest_path = data_dir / "banks.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        contract = Contract.load(data_dir / manifest["contract"])
+        banks = {entry["id"]: read_table(data_dir / entry["file"])
+                 for entry in manifest["banks"]}
+        policy = BankPolicy.load(data_dir / manifest["banks"][0]["policy"])
+    except (OSError, KeyError, IndexError, ValueError, UserError) as error:
+        raise SimulationError(f"{manifest_path}: cannot read the run's bank tables "
+                              f"({error})") from None
+    return banks, contract, policy
 
 
 def _read_metrics(output_dir: Path) -> dict:
