@@ -43,6 +43,8 @@ from fedrisk.config import RunConfig
 FULL_GRAPH_BANKS = 10  # up to this many banks, every bank is every bank's neighbour
 FIRST_ROUND_MAX_WEIGHT = float(2**20)  # before any size is published: banks up to ~1M rows
 
+MIN_SECAGG_BANKS = 3  # with two banks, the sum reveals the other bank's update
+
 
 class DropoutSafeSecAggPlus(SecAggPlusWorkflow):
     """Flower's SecAgg+ workflow; nodes lost before key sharing are not "dropped" later.

@@ -36,7 +36,12 @@ from fedrisk.server.checkpoint import (
 )
 from fedrisk.server.ledger_heads import known_heads_config, read_known_heads, record_heads
 from fedrisk.server.run_record import RunRecorder
-from fedrisk.server.secagg import FIRST_ROUND_MAX_WEIGHT, DropoutSafeSecAggPlus, secagg_counts
+from fedrisk.server.secagg import (
+    FIRST_ROUND_MAX_WEIGHT,
+    MIN_SECAGG_BANKS,
+    DropoutSafeSecAggPlus,
+    secagg_counts,
+)
 from fedrisk.server.strategy import UpdateAggregation, make_strategy
 
 app = ServerApp()
@@ -161,24 +166,31 @@ def initial_parameters(grid: Grid, config: RunConfig, known_heads: dict[str, str
 
     This is each bank's first message of the run: a bank checks the proposal against its
     own policy here and refuses at once (``refused: <policy key>``). When every bank
-    refuses, the run stops with :class:`RunRefused` listing the answers (also written to
-    ``output-dir/refusals.json``), instead of training nothing for every round.
+    refuses, or too few accept for secure aggregation (3), the run stops with
+    :class:`RunRefused` listing the refusals (also written to ``output-dir/refusals.json``),
+    instead of training nothing for every round.
     """
     nodes = _wait_for_banks(grid, config.min_banks)
     content = compat.getparametersins_to_recorddict(GetParametersIns(dict(known_heads)))
     replies = grid.send_and_receive([
         Message(content=content.copy(), dst_node_id=node, message_type=(
             MessageTypeLegacy.GET_PARAMETERS), group_id="0") for node in nodes])
-    answers = []
-    for reply in replies:
-        if reply.has_content() and reply.content.array_records:
-            return compat.arrayrecord_to_parameters(
-                next(iter(reply.content.array_records.values())), keep_input=True)
-        answers.append(reply.error.reason if reply.has_error() else "no initial model")
+    accepted = [reply for reply in replies
+                if reply.has_content() and reply.content.array_records]
+    answers = sorted(reply.error.reason if reply.has_error() else "no initial model"
+                     for reply in replies if reply not in accepted)
+    needed = MIN_SECAGG_BANKS if config.secure_aggregation else 1
+    if len(accepted) >= needed:
+        return compat.arrayrecord_to_parameters(
+            next(iter(accepted[0].content.array_records.values())), keep_input=True)
+    summary = ("no bank accepted the run" if not accepted else
+               f"only {len(accepted)} of {len(replies)} banks accepted the run (secure "
+               f"aggregation needs at least {needed})")
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    (output / REFUSALS_FILE).write_text(json.dumps({"answers": sorted(answers)}, indent=2))
-    raise RunRefused("no bank accepted the run: " + "; ".join(sorted(answers)))
+    (output / REFUSALS_FILE).write_text(json.dumps({"answers": answers, "summary": summary},
+                                                   indent=2))
+    raise RunRefused(f"{summary}: " + "; ".join(answers))
 
 
 def _wait_for_banks(grid: Grid, minimum: int) -> list[int]:

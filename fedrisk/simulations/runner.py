@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from fedrisk.files import ensure_private_dir, write_private_file
 from fedrisk.models import ModelSpec
 from fedrisk.privacy.policy import BankPolicy
 from fedrisk.server.checkpoint import check_same_run, checkpoint_path, read_checkpoint
-from fedrisk.server.secagg import weight_bound
+from fedrisk.server.secagg import MIN_SECAGG_BANKS, weight_bound
 from fedrisk.simulations.baselines import (
     Split,
     centralized_references,
@@ -112,6 +113,9 @@ def simulate(request: SimulationRequest) -> dict:
         overrides["ledger-heads-file"] = str(output_dir / "ledger-heads.json")
     if config.secure_aggregation and not config.secagg_max_weight:
         overrides["secagg-max-weight"] = weight_bound(_largest_published_size(banks, policy))
+    if "target-delta" not in request.overrides and policy.require_delta_below_1_over_n:
+        overrides["target-delta"] = delta_below_one_over_n(
+            max(len(t) for t in banks.values()), config.target_delta)
     config = RunConfig.from_run_config({**config.to_run_config(), **overrides})
     _check_secure_aggregation(config, banks, policy)
     log.info("simulating %d banks: %s", len(banks), ", ".join(banks))
@@ -181,8 +185,9 @@ def _read_metrics(output_dir: Path) -> dict:
     """metrics.json of the finished run, or a one-line :class:`SimulationError` saying why not."""
     refusals = output_dir / REFUSALS_FILE
     if refusals.is_file():
-        answers = json.loads(refusals.read_text())["answers"]
-        raise SimulationError(f"no bank accepted the run: {'; '.join(answers)}")
+        refused = json.loads(refusals.read_text())
+        summary = refused.get("summary", "no bank accepted the run")
+        raise SimulationError(f"{summary}: {'; '.join(refused['answers'])}")
     path = output_dir / "metrics.json"
     if not path.is_file():
         raise SimulationError(f"the run failed before writing {path} (rerun with --verbose "
@@ -240,6 +245,18 @@ def _materialize(banks: dict[str, pd.DataFrame], contract: Contract, policy: Ban
     return data_dir
 
 
+def delta_below_one_over_n(largest_rows: int, default: float) -> float:
+    """``default`` if below 1/n of the largest bank, else the largest power of ten below it.
+
+    Banks whose policy requires δ < 1/n refuse a run whose δ is not (a δ of 1/n lets a
+    mechanism publish one record outright). A simulation without ``--target-delta``
+    therefore follows the data: 1e-5 up to 99,999 rows per bank, 1e-6 up to 999,999, ...
+    """
+    if default < 1 / largest_rows:
+        return default
+    return 10.0 ** -(math.floor(math.log10(largest_rows)) + 1)
+
+
 def _largest_published_size(banks: dict[str, pd.DataFrame], policy: BankPolicy) -> float:
     """An upper bound of the train size any bank will publish (its noisy size under DP).
 
@@ -255,9 +272,9 @@ def _check_secure_aggregation(config: RunConfig, banks: dict[str, pd.DataFrame],
                               policy: BankPolicy) -> None:
     if not config.secure_aggregation:
         return
-    if len(banks) < 3:
-        raise DataError("secure aggregation needs at least 3 banks (with 2, the sum reveals "
-                        "the other bank's update); use --no-secure-aggregation")
+    if len(banks) < MIN_SECAGG_BANKS:
+        raise DataError(f"secure aggregation needs at least {MIN_SECAGG_BANKS} banks (with 2, "
+                        "the sum reveals the other bank's update); use --no-secure-aggregation")
     largest = _largest_published_size(banks, policy)
     if largest > config.secagg_max_weight:
         raise DataError(f"secagg-max-weight {config.secagg_max_weight:g} is below the largest "

@@ -18,6 +18,7 @@ from fedrisk.config import RunConfig
 from fedrisk.data import embedded_banks, load_embedded
 from fedrisk.privacy.accounting import compose_epsilon
 from fedrisk.privacy.policy import BankPolicy, PolicyRefusal
+from fedrisk.simulations.runner import delta_below_one_over_n
 
 HONEST = RunConfig(num_server_rounds=2, personalization="none")
 # What the issue's coordinator asked for, and the policy key each one breaks.
@@ -153,3 +154,26 @@ def test_the_default_simulation_satisfies_the_simulation_default_policy(dp_run):
     _, metrics = dp_run
     assert all(b["rounds_joined"] == 3 for b in metrics["banks"])
     assert all("refused" not in f for r in metrics["rounds"] for f in r["failures"])
+
+
+def test_a_run_too_few_banks_accept_for_secure_aggregation_stops_at_once(tmp_path):
+    """One bank alone under SecAgg+ would hand the coordinator its own update as the sum."""
+    policy = BankPolicy.simulation_default(0, 0.2)
+    BankPolicy(**{**policy.__dict__, "max_delta": 1e-3}).save(tmp_path / "policy.toml")
+    # δ = 7.2e-4 is below 1/n only for south_central (1,313 train rows); the others refuse.
+    result = run_cli("simulate", "--rounds", "1", "--target-delta", "7.2e-4", "--bank-policy",
+                     str(tmp_path / "policy.toml"), "--output-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: only 1 of 5 banks accepted the run (secure "
+                                    "aggregation needs at least 3): ")
+    assert result.stderr.count("refused: require-delta-below-1-over-n") == 4
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_simulation_without_target_delta_follows_the_largest_bank():
+    assert delta_below_one_over_n(99_999, 1e-5) == 1e-5
+    assert delta_below_one_over_n(100_000, 1e-5) == 1e-6  # δ = 1/n is not below 1/n
+    assert delta_below_one_over_n(210_000, 1e-5) == 1e-6
+    assert delta_below_one_over_n(2_000_000, 1e-5) == 1e-7
+    assert delta_below_one_over_n(500, 1e-6) == 1e-6  # a δ given below 1/n is kept
