@@ -187,6 +187,14 @@ def add_dp_share(row: dict, rate: float, cores: int) -> dict:
     return row
 
 
+def merged_cases(path: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` plus the cases of an earlier result file that this run did not measure."""
+    measured = {row["case"] for row in rows}
+    earlier = json.loads(path.read_text())["cases"] if path.is_file() else []
+    kept = [row for row in earlier if row["case"] not in measured]
+    return sorted([*kept, *rows], key=lambda row: list(CASES).index(row["case"]))
+
+
 def plot(rows: list[dict]) -> None:
     """Seconds per round of each case, with the DP-SGD compute per round beside it."""
     figure, axis = plt.subplots(figsize=(6, 3.4))
@@ -222,9 +230,9 @@ def main() -> None:
     rate = dp_sgd_rate(rows[0]["batch_size"])
     rows = [add_dp_share(row, rate, cores) for row in rows]
     RESULTS.mkdir(exist_ok=True)
-    name = "scale_quick" if args.quick else "scale"
-    (RESULTS / f"{name}.json").write_text(json.dumps(
-        {"cores": cores, "quick": args.quick, "cases": rows}, indent=2))
+    path = RESULTS / ("scale_quick.json" if args.quick else "scale.json")
+    rows = merged_cases(path, rows)
+    path.write_text(json.dumps({"cores": cores, "quick": args.quick, "cases": rows}, indent=2))
     if not args.quick:
         plot(rows)
     print("| case | banks | rounds | wall s | s/round (2..) | peak GiB | CPU s | DP-SGD CPU s "
