@@ -54,13 +54,18 @@ class RunFacts:
 
     @property
     def dp(self) -> bool:
-        """Whether the run claimed record-level DP."""
+        """Whether the run claimed DP (its evaluation releases are DP at every dp-level)."""
         return bool(self.config.get("dp", True))
+
+    @property
+    def record_level(self) -> bool:
+        """Whether the banks trained with DP-SGD (not ``dp-level = "institution"`` alone)."""
+        return self.dp and self.config.get("dp-level", "record") != "institution"
 
     def plan(self) -> TrainPlan:
         """The run's local optimizer settings."""
         c = self.config
-        rate = c.get("learning-rate", 1.0) if self.dp else c.get(
+        rate = c.get("learning-rate", 1.0) if self.record_level else c.get(
             "learning-rate-no-dp", c.get("learning-rate", 1.0))
         return TrainPlan(int(c.get("local-epochs", 2)), int(c.get("batch-size", 256)),
                          float(rate), float(c.get("momentum", 0.9)),
@@ -148,7 +153,7 @@ def bank_audit(bank: BankData, model: nn.Module, run: RunFacts,
         "utility": bank_utility(split.test_logits(model), split.y_test),
         "threshold": threshold,
     }
-    part["verdict"] = _verdict(part, run.dp)
+    part["verdict"] = _verdict(part, run.dp, run.record_level)
     part["seconds"] = round(time.monotonic() - started, 2)
     return part
 
@@ -190,7 +195,7 @@ def _reference_setup(run: RunFacts, dp_spec: dict[str, Any]) -> ReferenceSetup:
     batch, epochs = int(config.get("batch-size", 256)), int(config.get("local-epochs", 2))
 
     def schedule_for(n: int) -> DPSchedule | None:
-        if not run.dp or not isinstance(sigma, float | int):
+        if not run.record_level or not isinstance(sigma, float | int):
             return None
         per_epoch = steps_per_epoch(n, batch)
         return DPSchedule(1 / per_epoch, epochs * per_epoch, float(sigma))
@@ -248,9 +253,11 @@ def _eval_attack(split: _Split, run: RunFacts, dp_spec: dict[str, Any],
 
 def _implementation(dp_spec: dict[str, Any], run: RunFacts, n_train: int,
                     settings: AuditSettings, train_fn: TrainFn) -> dict[str, Any]:
-    if not run.dp:
+    if not run.record_level:
         return {"applicable": False, "passed": None,
-                "detail": "non-private baseline: no DP mechanism or accounting to check",
+                "detail": ("institution-level DP only: no DP-SGD at the banks to check"
+                           if run.dp else
+                           "non-private baseline: no DP mechanism or accounting to check"),
                 "checks": []}
     if not settings.implementation_check:
         return {"applicable": True, "passed": None, "detail": "skipped", "checks": []}
@@ -264,8 +271,12 @@ def _implementation(dp_spec: dict[str, Any], run: RunFacts, n_train: int,
             "noise_multiplier": sigma, "max_grad_norm": clip, "checks": checks}
 
 
-def _verdict(part: dict[str, Any], dp: bool) -> dict[str, Any]:
-    """Per model: does the empirical lower bound stay at or below the claimed ε."""
+def _verdict(part: dict[str, Any], dp: bool, record_level: bool = True) -> dict[str, Any]:
+    """Per model: does the empirical lower bound stay at or below the claimed ε.
+
+    Without record-level DP (``dp-level = "institution"``) the models claim no record-level
+    ε (``passed`` None), so only the evaluation release decides ``audit_passed``.
+    """
     spec, membership = part["dp_spec"], part["membership"]
     rows = {"global": (membership["global"], spec.get("epsilon_global_model"))}
     if "personalized" in membership:
@@ -275,10 +286,12 @@ def _verdict(part: dict[str, Any], dp: bool) -> dict[str, Any]:
     verdict: dict[str, Any] = {}
     for name, (attack, claim) in rows.items():
         bound = attack["epsilon_lower_bound"]
-        ok = None if not dp or claim is None else bool(bound <= claim)
+        claimed = record_level or name == "evaluation"
+        ok = None if not dp or not claimed or claim is None else bool(bound <= claim)
         verdict[name] = {"epsilon_lower_bound": bound,
-                         "claimed_epsilon": None if claim is None or math.isinf(claim) else claim,
+                         "claimed_epsilon": (None if not claimed or claim is None
+                                             or math.isinf(claim) else claim),
                          "passed": ok}
-    values = [v["passed"] for v in verdict.values()]
+    values = [v["passed"] for name, v in verdict.items() if record_level or name == "evaluation"]
     verdict["audit_passed"] = None if not dp else all(v is True for v in values)
     return verdict
