@@ -37,6 +37,7 @@ HISTOGRAM_METHODS = ("platt", "intercept")
 # fit sometimes finds slopes of 3-6 that put the mean PD at a third of the rate
 # (benchmarks/calibration.py); the prior keeps 95% of slopes within [0.37, 2.7].
 SLOPE_PRIOR_SD = 0.5
+MAX_RATE_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,9 @@ def fit_histogram_calibration(positive: np.ndarray, negative: np.ndarray, grid: 
     noise and binomial outcomes in each bin (bin sizes fitted too, at least 0), with a
     prior on the slope (:data:`SLOPE_PRIOR_SD`). Clipping noisy counts at 0 and fitting
     as if exact biases the PD upward where the defaulters' bins are near-empty (README,
-    "Calibrated PDs"). None when the counts cannot support a fit (no default or no
-    non-default left after clipping).
+    "Calibrated PDs"). A Platt fit whose slope is not positive (a model that ranks
+    defaulters low) falls back to the intercept. None when the counts cannot support a
+    fit (no default or no non-default left after clipping).
     """
     if method not in HISTOGRAM_METHODS:
         raise ValueError(f"unknown calibration method '{method}'; choose one of "
@@ -108,20 +110,28 @@ def fit_histogram_calibration(positive: np.ndarray, negative: np.ndarray, grid: 
     if n_pos <= 0 or n_neg <= 0:
         return None
     centers = grid.centers()
-    shift = _mean_matching_shift(centers, clipped_pos + clipped_neg, n_pos / (n_pos + n_neg))
-    if noise_sd > 0:
-        slope, intercept = _noisy_count_fit(np.asarray(positive, dtype=np.float64),
-                                            np.asarray(negative, dtype=np.float64), centers,
-                                            noise_sd, shift, method == "intercept")
-    elif method == "intercept":
+    rate = n_pos / (n_pos + n_neg)
+    shift = _mean_matching_shift(centers, clipped_pos + clipped_neg, rate)
+    if method == "intercept":
         slope, intercept = 1.0, shift
     else:
         fitted = fit_platt(np.concatenate([centers, centers]),
                            np.concatenate([np.ones_like(centers), np.zeros_like(centers)]),
                            np.concatenate([clipped_pos, clipped_neg]))
         slope, intercept = fitted.slope, fitted.intercept
+    if noise_sd > 0:
+        noisy = _noisy_count_fit(np.asarray(positive, dtype=np.float64),
+                                 np.asarray(negative, dtype=np.float64), centers, noise_sd,
+                                 shift, method == "intercept")
+        # Keep the clipped-count fit if the optimizer strays (e.g. a model that ranks
+        # defaulters low drives every PD to 0): the noisy fit's mean PD must stay within
+        # a factor MAX_RATE_FACTOR of the released default rate.
+        if noisy is not None and _mean_pd_within(noisy, centers, clipped_pos + clipped_neg,
+                                                 rate):
+            slope, intercept = noisy
     if not (slope > 0 and math.isfinite(slope) and math.isfinite(intercept)):
-        return None
+        # A model that ranks defaulters low gets no increasing map: only the mean is fixed.
+        slope, intercept, method = 1.0, shift, "intercept"
     return PlattMap(slope, intercept, {
         "method": method, "source": "pooled held-out score histograms", "bins": grid.bins,
         "logit_low": grid.low, "logit_high": grid.high, "noise_sd": noise_sd,
@@ -154,7 +164,8 @@ def histogram_calibration_facts(positive: np.ndarray, negative: np.ndarray, grid
 
 
 def _noisy_count_fit(positive: np.ndarray, negative: np.ndarray, centers: np.ndarray,
-                     noise_sd: float, start: float, fixed_slope: bool) -> tuple[float, float]:
+                     noise_sd: float, start: float, fixed_slope: bool
+                     ) -> tuple[float, float] | None:
     """Maximum likelihood (slope, intercept) from noisy counts; see fit_histogram_calibration.
 
     In bin k of true size n_k with PD p_k, the released pair (defaults, others) is
@@ -186,7 +197,15 @@ def _noisy_count_fit(positive: np.ndarray, negative: np.ndarray, centers: np.nda
 
     sizes = np.log(clean_counts(positive) + clean_counts(negative) + 1.0)
     result = minimize(objective, np.concatenate([[0.0, start], sizes]), jac=True, method="BFGS")
-    return (1.0 if fixed_slope else math.exp(result.x[0])), float(result.x[1])
+    if not np.all(np.isfinite(result.x)):
+        return None
+    return (1.0 if fixed_slope else math.exp(min(result.x[0], 5.0))), float(result.x[1])
+
+
+def _mean_pd_within(fit: tuple[float, float], centers: np.ndarray, counts: np.ndarray,
+                    rate: float) -> bool:
+    mean_pd = float((counts * expit(fit[0] * centers + fit[1])).sum() / counts.sum())
+    return rate / MAX_RATE_FACTOR <= mean_pd <= rate * MAX_RATE_FACTOR
 
 
 def _mean_matching_shift(logits: np.ndarray, counts: np.ndarray, rate: float) -> float:

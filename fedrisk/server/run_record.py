@@ -304,7 +304,8 @@ class RunRecorder:
         raw = histogram_calibration_facts(*pooled, grid)
         stored = histogram_calibration_facts(*pooled, grid, calibration)
         return {**stored, "pd_calibration": None if calibration is None else {
-            "method": self.config.pd_calibration, "slope": calibration.slope,
+            "method": calibration.fitted_on.get("method", self.config.pd_calibration),
+            "slope": calibration.slope,
             "intercept": calibration.intercept, "mean_pd_uncalibrated": raw["mean_pd"],
             "calibration_slope_uncalibrated": raw["calibration_slope"]}}
 
