@@ -129,3 +129,17 @@ def test_a_bank_policy_accepts_or_refuses_each_dp_level():
 def test_institution_level_settings_are_validated(overrides, key):
     with pytest.raises(ConfigError, match=key):
         RunConfig.from_run_config(overrides)
+
+
+def test_the_audit_claims_no_record_level_epsilon_for_institution_level_dp_alone():
+    from fedrisk.audit.bank import _verdict
+
+    attack = {"epsilon_lower_bound": 0.4}
+    part = {"dp_spec": {"epsilon_global_model": None, "epsilon": None},
+            "membership": {"global": attack},
+            "eval_attack": {"epsilon_lower_bound": 0.1, "epsilon_release": 0.5}}
+    alone = _verdict(part, dp=True, record_level=False)
+    assert alone["global"]["passed"] is None and alone["global"]["claimed_epsilon"] is None
+    assert alone["evaluation"]["passed"] is True and alone["audit_passed"] is True
+    # with record-level DP claimed, a missing record-level ε fails the audit
+    assert _verdict(part, dp=True, record_level=True)["audit_passed"] is False
