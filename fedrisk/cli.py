@@ -57,6 +57,9 @@ def simulate(
     = None,
     secure_aggregation: Annotated[bool | None, typer.Option(
         "--secure-aggregation/--no-secure-aggregation", help="Flower SecAgg+.")] = None,
+    dp_level: Annotated[str | None, typer.Option(
+        help="record (DP-SGD at each bank), institution (Flower's client-side clipping at each "
+             "bank, noise on the aggregate by the coordinator) or both.")] = None,
     model: Annotated[str | None, typer.Option(help="mlp or logistic.")] = None,
     strategy: Annotated[str | None, typer.Option(
         help="fedavg, fedprox, fedadam; without secure aggregation also fedmedian, "
@@ -100,7 +103,7 @@ def simulate(
               "target-epsilon": target_epsilon, "target-delta": target_delta, "dp": dp,
               "secure-aggregation": secure_aggregation, "model": model, "strategy": strategy,
               "privacy-budget-scope": privacy_budget_scope, "personalization": personalization,
-              "seed": seed}
+              "dp-level": dp_level, "seed": seed}
     overrides |= {k: v for k, v in flags.items() if v is not None}
     _show_progress(verbose)
     metrics = run_simulation(SimulationRequest(dataset or "lending_club", data, contract,
@@ -683,10 +686,35 @@ def _print_summary(metrics: dict, output_dir: Path, show_banks: bool = False) ->
     if metrics["baselines"].get("centralized_auc") is not None:
         line += f"; centralized non-private AUC {_fmt(metrics['baselines']['centralized_auc'])}"
     console.print(line)
+    if final.get("mean_pd") is not None:
+        console.print(_calibration_line(final), highlight=False)
+    if metrics.get("institution_dp"):
+        console.print(_institution_line(metrics["institution_dp"]), highlight=False)
     if metrics["baselines"].get("centralized_best_auc") is not None:
         console.print(_references_line(metrics), highlight=False)
     console.print(f"wrote {output_dir / 'metrics.json'}, {output_dir / 'model.safetensors'}, "
                   f"{output_dir / 'training.png'}")
+
+
+def _calibration_line(final: dict) -> str:
+    """Mean PD against the default rate on the pooled held-out histograms, and the stored map."""
+    line = (f"mean PD {_fmt(final['mean_pd'])} vs default rate "
+            f"{_fmt(final['observed_default_rate'])} on the pooled held-out histograms")
+    stored = final.get("pd_calibration")
+    if stored:
+        line += (f" (model calibrated by the consortium: {stored['method']} slope "
+                 f"{stored['slope']:.3f}, intercept {stored['intercept']:.3f}; before, mean PD "
+                 f"{_fmt(stored['mean_pd_uncalibrated'])})")
+    return line
+
+
+def _institution_line(institution: dict) -> str:
+    """The institution-level ε, with the trust it rests on."""
+    return (f"institution-level DP: ε {institution['epsilon']:.3g} at δ {institution['delta']:g} "
+            f"over {institution['rounds']} rounds (one bank hidden; σ "
+            f"{institution['noise_multiplier']:g}, clipping norm "
+            f"{institution['clipping_norm']:g}, sample rate {institution['sample_rate']:g}); "
+            "holds only if the coordinator adds the noise")
 
 
 def _references_line(metrics: dict) -> str:

@@ -23,6 +23,11 @@ BUDGET_SCOPES = ("run", "dataset")
 PERSONALIZATION = ("finetune", "none")
 # Run-config keys that a resume sets; every other key of a resumed run is the original's.
 RESUME_KEYS = ("run-id", "resume")
+PD_CALIBRATIONS = ("platt", "intercept", "none")
+DP_LEVELS = ("record", "institution", "both")
+# Institution-level noise is added to the weighted mean of clipped updates: only strategies
+# whose aggregate is that mean keep the guarantee (FedAdam transforms it before the noise).
+INSTITUTION_STRATEGIES = ("fedavg", "fedprox")
 
 
 class ConfigError(UserError, ValueError):
@@ -34,7 +39,18 @@ class RunConfig:
     """Validated run configuration; field names are the run-config keys with ``-`` → ``_``.
 
     Privacy-relevant fields:
-        dp: record-level DP-SGD on (``False`` is a labelled non-private baseline).
+        dp: DP on (``False`` is a labelled non-private baseline): DP evaluation, and the
+            training guarantee ``dp_level`` names.
+        dp_level: ``"record"``: each bank's DP-SGD hides any one customer record (the
+            bank enforces it; see ``target_epsilon``). ``"institution"``: each bank clips its
+            whole round update to ``institution_clipping_norm`` (enforced at the bank) and
+            the coordinator adds Gaussian noise of ``institution_noise_multiplier`` ×
+            clipping norm / banks to the aggregate (Flower's client-side fixed-clipping DP),
+            hiding any one bank's participation, *if the coordinator adds that noise*;
+            local training is then not record-level private. ``"both"``: both.
+        institution_noise_multiplier / institution_clipping_norm: Flower's
+            ``DifferentialPrivacyClientSideFixedClipping`` settings (noise std on the mean
+            update = multiplier × norm / sampled banks).
         target_epsilon / target_delta: each bank's (ε, δ) budget for this run
             (``privacy_budget_scope="run"``) or for its lifetime on this data
             (``"dataset"``). Noise is calibrated up front to meet it.
@@ -57,6 +73,10 @@ class RunConfig:
             global model on its own rows for ``personalization_epochs`` (DP, charged to the
             same budget; the personalized model never leaves the bank) with the smaller
             ``personalization_learning_rate``; ``"none"``.
+        pd_calibration: how the coordinator calibrates the final model's PDs on the banks'
+            pooled held-out score histograms (the last evaluation's releases: post-processing,
+            no extra ε), stored in the model file: ``"platt"`` (slope and intercept on the
+            logit), ``"intercept"`` (a shift of the logit only) or ``"none"``.
         ledger_heads_file: the coordinator's record (JSON, on its own host) of each bank's
             last reported ledger head, entry count and lifetime ε; sent to the banks with the
             run's first message so that a bank whose ledger was rolled back refuses. Empty:
@@ -134,6 +154,10 @@ class RunConfig:
     personalization: str = "finetune"
     personalization_epochs: int = 1
     personalization_learning_rate: float = 0.1
+    pd_calibration: str = "platt"
+    dp_level: str = "record"
+    institution_noise_multiplier: float = 1.0
+    institution_clipping_norm: float = 1.0
     bank_state_dir: str = ""
     ledger_heads_file: str = ""
     secure_aggregation: bool = True
@@ -179,6 +203,16 @@ class RunConfig:
         """
         kept = {k: v for k, v in self.to_run_config().items() if k not in RESUME_KEYS}
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def record_level_dp(self) -> bool:
+        """Whether each bank trains with DP-SGD (record-level DP)."""
+        return self.dp and self.dp_level in ("record", "both")
+
+    @property
+    def institution_level_dp(self) -> bool:
+        """Whether updates are clipped at the banks and noised on the aggregate (Flower)."""
+        return self.dp and self.dp_level in ("institution", "both")
 
     @property
     def hidden_layers(self) -> tuple[int, ...]:
@@ -233,6 +267,18 @@ class RunConfig:
         _require(self.personalization_epochs >= 1, "personalization-epochs", "must be at least 1")
         _require(self.personalization_learning_rate > 0, "personalization-learning-rate",
                  "must be positive")
+        _require(self.dp_level in DP_LEVELS, "dp-level", f"must be one of {', '.join(DP_LEVELS)}")
+        _require(self.dp or self.dp_level == "record", "dp-level",
+                 f"'{self.dp_level}' needs DP on (it is a DP guarantee; drop --no-dp)")
+        _require(not self.institution_level_dp or self.strategy in INSTITUTION_STRATEGIES,
+                 "strategy", f"{self.strategy} cannot carry institution-level DP: the noise is "
+                 "calibrated to the weighted mean of clipped updates; use fedavg or fedprox")
+        _require(self.institution_noise_multiplier > 0, "institution-noise-multiplier",
+                 "must be positive")
+        _require(self.institution_clipping_norm > 0, "institution-clipping-norm",
+                 "must be positive")
+        _require(self.pd_calibration in PD_CALIBRATIONS, "pd-calibration",
+                 f"must be one of {', '.join(PD_CALIBRATIONS)}")
         _require(self.privacy_budget_scope in BUDGET_SCOPES, "privacy-budget-scope",
                  "must be run or dataset")
         _require(self.eval_every >= 0, "eval-every", "must be 0 (last round only) or more")

@@ -62,13 +62,18 @@ class RunFacts:
 
     @property
     def dp(self) -> bool:
-        """Whether the run claimed record-level DP."""
+        """Whether the run claimed DP (its evaluation releases are DP at every dp-level)."""
         return bool(self.config.get("dp", True))
+
+    @property
+    def record_level(self) -> bool:
+        """Whether the banks trained with DP-SGD (not ``dp-level = "institution"`` alone)."""
+        return self.dp and self.config.get("dp-level", "record") != "institution"
 
     def plan(self) -> TrainPlan:
         """The run's local optimizer settings."""
         c = self.config
-        rate = c.get("learning-rate", 1.0) if self.dp else c.get(
+        rate = c.get("learning-rate", 1.0) if self.record_level else c.get(
             "learning-rate-no-dp", c.get("learning-rate", 1.0))
         return TrainPlan(int(c.get("local-epochs", 2)), int(c.get("batch-size", 256)),
                          float(rate), float(c.get("momentum", 0.9)),
@@ -169,7 +174,7 @@ def bank_audit(bank: BankData, model: nn.Module, run: RunFacts,
         "threshold": threshold,
     }
     part["verdict"] = _verdict(part, run.dp or settings.claimed_epsilon is not None,
-                               settings.claimed_epsilon)
+                               settings.claimed_epsilon, run.record_level)
     part["seconds"] = round(time.monotonic() - started, 2)
     return part
 
@@ -215,7 +220,7 @@ def _reference_setup(run: RunFacts, dp_spec: dict[str, Any]) -> ReferenceSetup:
     batch, epochs = int(config.get("batch-size", 256)), int(config.get("local-epochs", 2))
 
     def schedule_for(n: int) -> DPSchedule | None:
-        if not run.dp or not isinstance(sigma, float | int):
+        if not run.record_level or not isinstance(sigma, float | int):
             return None
         per_epoch = steps_per_epoch(n, batch)
         return DPSchedule(1 / per_epoch, epochs * per_epoch, float(sigma))
@@ -328,9 +333,11 @@ def _canary_audit(split: _Split, run: RunFacts, dp_spec: dict[str, Any],
 
 def _implementation(dp_spec: dict[str, Any], run: RunFacts, n_train: int,
                     settings: AuditSettings, train_fn: TrainFn) -> dict[str, Any]:
-    if not run.dp:
+    if not run.record_level:
         return {"applicable": False, "passed": None,
-                "detail": "non-private baseline: no DP mechanism or accounting to check",
+                "detail": ("institution-level DP only: no DP-SGD at the banks to check"
+                           if run.dp else
+                           "non-private baseline: no DP mechanism or accounting to check"),
                 "checks": []}
     if not settings.implementation_check:
         return {"applicable": True, "passed": None, "detail": "skipped", "checks": []}
@@ -344,18 +351,21 @@ def _implementation(dp_spec: dict[str, Any], run: RunFacts, n_train: int,
             "noise_multiplier": sigma, "max_grad_norm": clip, "checks": checks}
 
 
-def _verdict(part: dict[str, Any], dp: bool, claimed_epsilon: float | None = None
-             ) -> dict[str, Any]:
+def _verdict(part: dict[str, Any], dp: bool, claimed_epsilon: float | None = None,
+             record_level: bool = True) -> dict[str, Any]:
     """Per model and canary audit: does the empirical lower bound stay at or below the claim.
 
     ``dp``: the run makes a claim (DP, or ``claimed_epsilon`` given); ``claimed_epsilon``
-    replaces the ledger's claim for the trained models and the canary audits.
+    replaces the ledger's claim for the trained models and the canary audits. Without
+    record-level DP (``dp-level = "institution"``) and no ``claimed_epsilon``, the models
+    claim no record-level ε (``passed`` None), so only the evaluation release decides
+    ``audit_passed``.
     """
     spec, membership = part["dp_spec"], part["membership"]
-    override = claimed_epsilon
+    claims_records = record_level or claimed_epsilon is not None
 
     def claim(value: float | None) -> float | None:
-        return override if override is not None else value
+        return claimed_epsilon if claimed_epsilon is not None else value
 
     rows = {"global": (membership["global"]["epsilon_lower_bound"],
                        claim(spec.get("epsilon_global_model")))}
@@ -374,10 +384,13 @@ def _verdict(part: dict[str, Any], dp: bool, claimed_epsilon: float | None = Non
                                         canaries["black_box"]["epsilon_claim"])
     verdict: dict[str, Any] = {}
     for name, (bound, value) in rows.items():
-        ok = None if not dp or value is None else bool(bound <= value)
+        claimed = claims_records or name == "evaluation"
+        ok = None if not dp or not claimed or value is None else bool(bound <= value)
         verdict[name] = {"epsilon_lower_bound": bound,
-                         "claimed_epsilon": None if value is None or math.isinf(value) else value,
+                         "claimed_epsilon": (None if not claimed or value is None
+                                             or math.isinf(value) else value),
                          "passed": ok}
-    values = [v["passed"] for v in verdict.values()]
+    values = [v["passed"] for name, v in verdict.items()
+              if claims_records or name == "evaluation"]
     verdict["audit_passed"] = None if not dp else all(v is True for v in values)
     return verdict

@@ -82,6 +82,8 @@ def merge_bank_parts(parts: list[dict[str, Any]], run: dict[str, Any],
         "sections": [{"id": key, "title": title} for key, title in SECTIONS],
         "threat_model": threat_model(run.get("config", {})),
         "banks": banks,
+        # The coordinator's claim (metrics.json): it adds the noise, so no bank can check it.
+        "institution_dp": run.get("institution_dp"),
         "audit_passed": _all_or_none([b["audit_passed"] for b in banks]),
         "ledgers_ok": all(b["ledger_ok"] is True for b in banks),
         "canary_audit": canary_summary(parts, banks),
@@ -197,6 +199,7 @@ def threat_model(config: dict[str, Any]) -> dict[str, Any]:
     """Section 1: parties, what each sees, assumptions and what is not protected."""
     secagg = bool(config.get("secure_aggregation", config.get("secure-aggregation", True)))
     dp = bool(config.get("dp", True))
+    level = str(config.get("dp-level", "record")) if dp else "record"
     coordinator_sees = ("only the sum of the banks' masked updates per round (Flower SecAgg+),"
                         " plus each bank's scalar metrics" if secagg else
                         "each bank's individual model update every round, plus scalar metrics")
@@ -211,7 +214,11 @@ def threat_model(config: dict[str, Any]) -> dict[str, Any]:
         "protected": ([f"each record of each bank: record-level (ε, δ)-DP (DP-SGD, "
                        f"δ={config.get('target-delta')}) for everything its bank released, "
                        "against anyone, including other banks and the coordinator"]
-                      if dp else ["nothing beyond aggregation: NON-PRIVATE baseline"]),
+                      if dp and level != "institution" else []) + (
+                      ["each whole bank: institution-level (ε, δ)-DP of the released models "
+                       "(each bank clips its update; the coordinator adds the noise), ONLY if "
+                       "the coordinator adds that noise"] if dp and level != "record" else [])
+                      + ([] if dp else ["nothing beyond aggregation: NON-PRIVATE baseline"]),
         "assumptions": [
             "banks run the agreed code (the egress guard and DP-SGD); the implementation "
             "check below tests that code",

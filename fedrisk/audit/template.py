@@ -126,6 +126,16 @@ and FPR give an ε lower bound (95% Clopper-Pearson) that must not exceed ε of 
 <span class="fail">no DP evaluation</span>{% elif a.passed %}
 <span class="pass">ε_LB ≤ ε</span>{% else %}<span class="fail">ε_LB &gt; ε: FAILED</span>
 {% endif %}</td></tr>{% endfor %}</table>
+{% if doc.institution_dp %}{% set i = doc.institution_dp %}
+<p class="note"><b>Institution-level DP</b> (unit: one whole bank; Flower's client-side fixed
+clipping): ε {{ i.epsilon|f }} at δ {{ i.delta }} (Opacus RDP) over {{ i.rounds }} rounds,
+sample rate {{ i.sample_rate }}; each bank clips its round update to L2 norm
+{{ i.clipping_norm }} (enforced at the bank, an "update clipped" entry in its ledger) and the
+coordinator adds noise of multiplier {{ i.noise_multiplier }} (effective
+{{ i.effective_noise_multiplier|f }} on the size-weighted mean). <b>It holds only if the
+coordinator adds that noise</b>: the coordinator sees the unnoised sum and no bank can check
+the noise; the record-level ε above is what holds against a coordinator that does not.</p>
+{% endif %}
 {% else %}
 <p><b>No DP:</b> this run is a NON-PRIVATE baseline; {% if doc.claimed_epsilon is none %}no ε
 is claimed.{% else %}it is audited against the claim ε = {{ doc.claimed_epsilon|f }} given with

@@ -66,7 +66,8 @@ class BankClient(NumPyClient):
         which the egress guard sends as ``refused: privacy-budget``.
         """
         server_round = int(config["server-round"])
-        schedule, spend = self._charge(server_round) if self.config.dp else (None, None)
+        schedule, spend = (self._charge(server_round) if self.config.record_level_dp
+                           else (None, None))
         model = build_model(self.spec, self.config.seed)
         set_model_arrays(model, parameters)
         result = train_locally(model, self.bank.train_features, self.bank.train_labels,
@@ -118,7 +119,8 @@ class BankClient(NumPyClient):
         Returns the training spend's ε (run and lifetime) under DP, nothing otherwise.
         """
         cfg = self.config
-        schedule, spend = self._charge(server_round, "personalize") if cfg.dp else (None, None)
+        schedule, spend = (self._charge(server_round, "personalize") if cfg.record_level_dp
+                           else (None, None))
         settings = replace(self._settings(), local_epochs=cfg.personalization_epochs,
                            learning_rate=cfg.personalization_learning_rate, proximal_mu=0.0)
         train_locally(model, self.bank.train_features, self.bank.train_labels, settings,
@@ -133,7 +135,7 @@ class BankClient(NumPyClient):
     def _settings(self) -> TrainingSettings:
         mu = self.config.fedprox_mu if self.config.strategy == "fedprox" else 0.0
         return TrainingSettings(self.config.local_epochs, self.config.batch_size,
-                                self.config.learning_rate_for(self.config.dp),
+                                self.config.learning_rate_for(self.config.record_level_dp),
                                 self.config.momentum,
                                 self.config.max_grad_norm, mu)
 
@@ -156,9 +158,9 @@ class BankClient(NumPyClient):
         self._check_same_run_config()
         if math.isinf(policy.max_epsilon_lifetime):
             return
-        if not cfg.dp:
-            raise PolicyRefusal("max-epsilon-lifetime", "a non-private run has unbounded ε, "
-                                "and this table has a lifetime cap")
+        if not cfg.record_level_dp:
+            raise PolicyRefusal("max-epsilon-lifetime", "training without DP-SGD has unbounded "
+                                "record-level ε, and this table has a lifetime cap")
         prior, spent = self._histories()
         spends = self._run_spends()
         done = len({b["round"] for b in spends if b.get("phase") == "train"})

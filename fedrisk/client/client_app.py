@@ -9,6 +9,7 @@ from flwr.clientapp import ClientApp
 from fedrisk.client.bank import bank_for_context
 from fedrisk.client.bank_client import BankClient
 from fedrisk.client.guard import egress_guard_mod
+from fedrisk.client.institution import institution_clipping_mod
 from fedrisk.client.policy_mod import policy_mod
 from fedrisk.client.secagg import secure_aggregation_mod
 from fedrisk.config import RunConfig
@@ -21,5 +22,7 @@ def client_fn(context: Context) -> Client:
                       config.ledger_run_id(context.run_id)).to_client()
 
 
-# The policy decides first; the guard then sees exactly what would leave, after masking.
-app = ClientApp(client_fn=client_fn, mods=[policy_mod, egress_guard_mod, secure_aggregation_mod])
+# The policy decides first; the guard then sees exactly what would leave, after masking;
+# institution-level clipping acts on the update before SecAgg+ masks it.
+app = ClientApp(client_fn=client_fn, mods=[policy_mod, egress_guard_mod, secure_aggregation_mod,
+                                           institution_clipping_mod])

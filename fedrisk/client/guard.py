@@ -123,7 +123,8 @@ def _policy(bank: Bank, config: RunConfig, run: str) -> EgressPolicy:
     return EgressPolicy(bank.bank_id, shapes, bins, ledger_head=entries[-1].entry_hash,
                         ledger_entries=len(entries), ledger_id=bank.ledger.ledger_id,
                         n_grades=spec.n_grades, prior_default_rate=spec.prior_default_rate,
-                        n_test=len(bank.test_labels), noise_margin=margin, dp=config.dp,
+                        n_test=len(bank.test_labels), noise_margin=margin,
+                        dp=config.record_level_dp,
                         spend=spends[-1] if spends else None)
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrisk.models.calibration import PlattMap
+
 MODEL_KINDS = ("mlp", "logistic")
 
 
@@ -68,12 +70,18 @@ class PDNetwork(nn.Module):
     With ``spec.n_grades``, a grade head shares the body: one network, two heads,
     trained jointly, so the risk grade and the PD are consistent views of one
     representation.
+
+    ``calibration`` (a :class:`~fedrisk.models.calibration.PlattMap`, None while training)
+    maps the PD head's logit to a calibrated one; a consortium model file stores it
+    (:func:`fedrisk.models.load_model` sets it), so its PDs are calibrated as loaded. It
+    is a plain attribute, not a parameter: it is never trained and never aggregated.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
         """Build layers from ``spec``."""
         super().__init__()
         self.spec = spec
+        self.calibration: PlattMap | None = None
         widths = [spec.n_features] if spec.kind == "logistic" else [
             spec.n_features, *spec.hidden_units
         ]
@@ -95,6 +103,8 @@ class PDNetwork(nn.Module):
         """
         hidden = self.body(features)
         logits = self.head(hidden).squeeze(-1)
+        if self.calibration is not None:
+            logits = self.calibration.slope * logits + self.calibration.intercept
         if not with_grade:
             return logits
         return logits, self.grade_head(hidden).squeeze(-1)

@@ -5,6 +5,9 @@ safetensors file (a JSON header and raw float arrays) whose metadata declares a 
 architecture with exactly the arrays it holds. Python pickles and ``torch.save``
 archives can run code when loaded, so they are refused by their first bytes, and no
 unpickler is ever called.
+
+A consortium model also stores its PD calibration map (JSON metadata, two numbers and
+their provenance), which :func:`load_model` applies: its PDs are calibrated as loaded.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from safetensors.numpy import load_file, save_file
 
 from fedrisk.errors import UserError
 from fedrisk.files import private_file
+from fedrisk.models.calibration import PlattMap
 from fedrisk.models.networks import ModelSpec, PDNetwork, build_model, set_model_arrays
 
 SPEC_KEY = "fedrisk.model_spec"
+CALIBRATION_KEY = "fedrisk.pd_calibration"
 _PICKLE_PROTOCOL_OPCODE = 0x80
 _ZIP_MAGIC = b"PK\x03\x04"
 _HEADER_LENGTH_BYTES = 8
@@ -31,13 +36,17 @@ class ModelFileError(UserError, ValueError):
     """A model file that is not a valid fedrisk safetensors model; nothing in it was run."""
 
 
-def save_model(path: Path, spec: ModelSpec, arrays: dict, *, private: bool = False) -> None:
+def save_model(path: Path, spec: ModelSpec, arrays: dict, *, private: bool = False,
+               calibration: PlattMap | None = None) -> None:
     """Write named float32 arrays and the spec (as safetensors metadata) to ``path``.
 
     ``private`` is for a model fitted to one party's rows and kept there (a bank's
     personalized model): the file is written 0600, missing folders 0700, atomically.
+    ``calibration``: the PD calibration map :func:`load_model` applies to the PD logit.
     """
     metadata = {SPEC_KEY: json.dumps(spec.to_dict())}
+    if calibration is not None:
+        metadata[CALIBRATION_KEY] = json.dumps(calibration.to_dict())
     if not private:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(dict(arrays), str(path), metadata=metadata)
@@ -60,7 +69,7 @@ def load_model(path: str | Path) -> tuple[ModelSpec, PDNetwork]:
     path = Path(path)
     _check_safetensors_header(path)
     try:
-        spec, shapes = _declared_spec_and_shapes(path)
+        spec, shapes, calibration = _declared_spec_and_shapes(path)
     except ModelFileError:
         raise
     except Exception as error:  # safetensors and JSON raise many types; one line each
@@ -76,6 +85,7 @@ def load_model(path: str | Path) -> tuple[ModelSpec, PDNetwork]:
         set_model_arrays(model, [arrays[name] for name in model.state_dict()])
     except Exception as error:  # noqa: BLE001 - any failure here is a bad file, in one line
         raise ModelFileError(f"{path}: cannot load the model ({_first_line(error)})") from None
+    model.calibration = calibration
     model.eval()
     return spec, model
 
@@ -99,7 +109,8 @@ def _check_safetensors_header(path: Path) -> None:
             raise ModelFileError(f"{path}: not a safetensors file (no valid header); refused")
 
 
-def _declared_spec_and_shapes(path: Path) -> tuple[ModelSpec, dict[str, tuple[int, ...]]]:
+def _declared_spec_and_shapes(path: Path) -> tuple[ModelSpec, dict[str, tuple[int, ...]],
+                                                    PlattMap | None]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as handle:
@@ -107,6 +118,8 @@ def _declared_spec_and_shapes(path: Path) -> tuple[ModelSpec, dict[str, tuple[in
         if SPEC_KEY not in metadata:
             raise ModelFileError(f"{path}: safetensors file without a fedrisk model spec")
         spec = ModelSpec.from_dict(json.loads(metadata[SPEC_KEY]))
+        calibration = (PlattMap.from_dict(json.loads(metadata[CALIBRATION_KEY]))
+                       if CALIBRATION_KEY in metadata else None)
         shapes = {}
         for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
             array = handle.get_slice(name)
@@ -114,7 +127,7 @@ def _declared_spec_and_shapes(path: Path) -> tuple[ModelSpec, dict[str, tuple[in
                 raise ModelFileError(f"{path}: array '{name}' is {array.get_dtype()}, "
                                      "expected floats")
             shapes[name] = tuple(array.get_shape())
-    return spec, shapes
+    return spec, shapes, calibration
 
 
 def _architecture_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:

@@ -85,6 +85,23 @@ def compose_epsilon(history: Sequence[tuple[float, float, int]], delta: float,
     return max(_epsilon(merged, float(delta), name) for name in names)
 
 
+def weighted_mean_noise_multiplier(noise_multiplier: float, cohort: int,
+                                   sizes: Sequence[float]) -> float:
+    """Noise multiplier of the institution-level Gaussian mechanism on a weighted mean.
+
+    Flower's client-side fixed-clipping DP adds noise of std ``noise_multiplier × C /
+    cohort`` to the aggregate, which FedAvg (and SecAgg+) weigh by each bank's published
+    size: ``Σ wᵢ clip(uᵢ)`` with ``wᵢ = nᵢ / Σ n``. Replacing one bank's clipped update by
+    zero moves it by at most ``max wᵢ × C``, so relative to that sensitivity the noise
+    multiplier is ``noise_multiplier / (cohort × max wᵢ)``: ``noise_multiplier`` itself
+    when the banks weigh alike, less when one bank is larger than the rest.
+    """
+    total = float(sum(sizes))
+    if total <= 0:
+        return noise_multiplier
+    return noise_multiplier / (cohort * max(sizes) / total)
+
+
 def merge_history(history: Sequence[tuple[float, float, int]]
                   ) -> tuple[tuple[float, float, int], ...]:
     """``history`` with the steps of each ``(σ, q)`` added up, in a canonical order."""

@@ -6,7 +6,13 @@ allow. The policy is a TOML file the bank owns (``bank-policy.toml`` beside its
 ``node.toml`` in a deployment, written per simulated bank by ``fedrisk simulate``);
 the coordinator never sees or sets it. Every key and its privacy meaning:
 
-- ``dp-required``: refuse a run with ``dp = false`` (no non-private training).
+- ``dp-required``: refuse a run whose training is not record-level DP-SGD (``dp = false``,
+  or ``dp-level = "institution"``, where local training is not private).
+- ``dp-levels``: the ``dp-level`` values the bank accepts. ``"institution"`` and
+  ``"both"`` add Flower's client-side fixed clipping: the bank clips its whole round update
+  to ``institution-clipping-norm`` (enforced here, recorded in the ledger), and the
+  coordinator adds the noise; the institution-level guarantee rests on the coordinator
+  adding it.
 - ``max-epsilon-per-run``: the largest training ε (DP-SGD, at the run's δ) one run may
   spend; a run asking ``target-epsilon`` above it is refused.
 - ``max-eval-epsilon-per-run``: the largest ε one run may spend on evaluation
@@ -60,7 +66,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from fedrisk.config import RunConfig
+from fedrisk.config import DP_LEVELS, RunConfig
 from fedrisk.errors import UserError
 
 POLICY_FILENAME = "bank-policy.toml"
@@ -100,6 +106,7 @@ class BankPolicy:
     """
 
     dp_required: bool = True
+    dp_levels: tuple[str, ...] = ("record", "both")
     max_epsilon_per_run: float = 3.0
     max_eval_epsilon_per_run: float = 1.0
     max_epsilon_lifetime: float = 10.0
@@ -136,7 +143,8 @@ class BankPolicy:
         ε up to 10 per run, no lifetime cap (the same public table is simulated again and
         again), sizes public. The default ``fedrisk simulate`` satisfies it.
         """
-        return cls(dp_required=False, max_epsilon_per_run=10.0, max_eval_epsilon_per_run=10.0,
+        return cls(dp_required=False, dp_levels=DP_LEVELS, max_epsilon_per_run=10.0,
+                   max_eval_epsilon_per_run=10.0,
                    max_epsilon_lifetime=math.inf, secure_aggregation_required=False,
                    min_cohort=2, split_seed=split_seed, test_fraction=test_fraction,
                    max_hidden_units=256, max_hidden_layers=3, size_disclosure="public")
@@ -199,6 +207,8 @@ class BankPolicy:
     def validate(self, origin: str = "bank policy") -> None:
         """Raise :class:`PolicyError` naming the first invalid key."""
         checks = (
+            (bool(self.dp_levels) and set(self.dp_levels) <= set(DP_LEVELS), "dp-levels",
+             f"must be a non-empty subset of {list(DP_LEVELS)}"),
             (self.max_epsilon_per_run > 0, "max-epsilon-per-run", "must be positive"),
             (self.max_eval_epsilon_per_run > 0, "max-eval-epsilon-per-run", "must be positive"),
             (self.max_epsilon_lifetime > 0, "max-epsilon-lifetime", "must be positive (or inf)"),
@@ -241,8 +251,10 @@ class BankPolicy:
 
     def _rules(self, config: RunConfig, n_train: int | None):
         layers = config.hidden_layers if config.model != "logistic" else ()
-        yield ("dp-required", config.dp or not self.dp_required,
-               "the run asks for non-private training")
+        yield ("dp-required", config.record_level_dp or not self.dp_required,
+               "the run asks for training without record-level DP-SGD")
+        yield ("dp-levels", config.dp_level in self.dp_levels,
+               f"dp-level '{config.dp_level}' not in {list(self.dp_levels)}")
         if config.dp:
             yield ("max-epsilon-per-run", config.target_epsilon <= self.max_epsilon_per_run,
                    f"target-epsilon {config.target_epsilon:g} > {self.max_epsilon_per_run:g}")

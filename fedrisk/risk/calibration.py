@@ -1,8 +1,10 @@
 """Bank-local calibration of the consortium model's probabilities of default.
 
-The federated model ranks applicants for the whole consortium; its probabilities
-need not match one bank's default rate. A bank calibrates on its own held-out
-split (the rows that never trained: ``stratified_split`` with the run's ``seed``
+The federated model ranks applicants for the whole consortium. Its file carries the
+consortium's calibration (fitted by the coordinator on all banks' DP held-out histograms,
+applied as the model is loaded: :mod:`fedrisk.models.calibration`), so its PDs match the
+consortium's default rate; they need not match one bank's. A bank calibrates on its own
+held-out split (the rows that never trained: ``stratified_split`` with the run's ``seed``
 and ``test-fraction``), by Platt scaling (a logistic regression on the logit,
 unpenalized) or isotonic regression on the logit. The calibrator is stored as JSON,
 never pickled, and is bound to the model file by its SHA-256.
@@ -22,15 +24,16 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 
 from fedrisk.data import DataError, check_table, read_table, stratified_split
 from fedrisk.data.errors import first_line
 from fedrisk.files import write_private_file
+from fedrisk.models.calibration import fit_platt
 from fedrisk.risk.run import Run
 
 CALIBRATION_METHODS = ("platt", "isotonic")
 UNCALIBRATED = "uncalibrated"
+CONSORTIUM = "consortium"  # the model file's own calibration, fitted on all banks' releases
 CALIBRATOR_FORMAT = "fedrisk-calibrator"
 CALIBRATOR_VERSION = 1
 _JSON_SUFFIXES = (".json",)
@@ -89,6 +92,11 @@ class Calibrator:
         return calibrator
 
 
+def default_calibration(run: Run) -> str:
+    """What a PD is without a bank calibrator: the model file's consortium calibration, if any."""
+    return CONSORTIUM if run.model.calibration is not None else UNCALIBRATED
+
+
 def calibrator_for(run: Run, source: str | Path, method: str, seed: int | None) -> Calibrator:
     """Fit a calibrator on a bank's held-out split, or load one saved earlier (``.json``).
 
@@ -128,9 +136,8 @@ def fit_calibrator(logits: np.ndarray, labels: np.ndarray, method: str, model_sh
     """
     logits, labels = np.asarray(logits, dtype=float), np.asarray(labels, dtype=float)
     if method == "platt":
-        platt = LogisticRegression(C=np.inf).fit(logits.reshape(-1, 1), labels)
-        return Calibrator("platt", model_sha256, slope=float(platt.coef_[0, 0]),
-                          intercept=float(platt.intercept_[0]))
+        platt = fit_platt(logits, labels)
+        return Calibrator("platt", model_sha256, slope=platt.slope, intercept=platt.intercept)
     floor = 0.5 / len(labels)
     isotonic = IsotonicRegression(y_min=floor, y_max=1 - floor, out_of_bounds="clip")
     isotonic.fit(logits, labels)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from fedrisk.data import DataError, read_table, write_table
 from fedrisk.files import ensure_private_dir, write_private_file
-from fedrisk.risk.calibration import UNCALIBRATED, calibrator_for
+from fedrisk.risk.calibration import calibrator_for, default_calibration
 from fedrisk.risk.montecarlo import LossSimulation, basel_retail_correlation, simulate_losses
 from fedrisk.risk.rows import ROW_COLUMN, check_rows
 from fedrisk.risk.run import Run, load_run
@@ -46,7 +46,7 @@ class PortfolioResult:
         n_loans, total_exposure: size of the book.
         scenarios, seed, lgd: simulation settings.
         asset_correlation: the fixed correlation, or None for Basel II retail rho(PD).
-        calibration: ``"platt"``, ``"isotonic"`` or ``"uncalibrated"``.
+        calibration: ``"platt"``, ``"isotonic"``, ``"consortium"`` or ``"uncalibrated"``.
         expected_loss: mean simulated loss.
         expected_loss_exact: ``sum(PD x LGD x exposure)``, which the mean estimates.
         value_at_risk, expected_shortfall: by confidence level.
@@ -165,7 +165,8 @@ def portfolio_loss(
     result = PortfolioResult(
         n_loans=len(loans), total_exposure=float(exposure.sum()), scenarios=scenarios,
         seed=seed, lgd=lgd, asset_correlation=asset_correlation,
-        calibration=str(loans["calibration"].iloc[0]) if len(loans) else UNCALIBRATED,
+        calibration=(str(loans["calibration"].iloc[0]) if len(loans)
+                     else default_calibration(run)),
         expected_loss=simulation.expected_loss,
         expected_loss_exact=float(loans[EXPECTED_LOSS_COLUMN].sum()),
         value_at_risk={level: simulation.value_at_risk(level) for level in confidence_levels},

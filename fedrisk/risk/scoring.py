@@ -15,7 +15,7 @@ from scipy.special import expit
 
 from fedrisk.data import DataError, read_table, write_table
 from fedrisk.data.values import to_float
-from fedrisk.risk.calibration import UNCALIBRATED, Calibrator, calibrator_for
+from fedrisk.risk.calibration import Calibrator, calibrator_for, default_calibration
 from fedrisk.risk.reasons import column_attributions, top_reasons
 from fedrisk.risk.rows import ROW_COLUMN, check_rows
 from fedrisk.risk.run import Run, load_run
@@ -37,7 +37,9 @@ class ScoringResult:
         n_applicants: rows in the input table.
         n_scored: rows scored (one output row each).
         n_rejected: rows rejected, with reasons (``n_scored + n_rejected == n_applicants``).
-        calibration: ``"platt"``, ``"isotonic"`` or ``"uncalibrated"``.
+        calibration: ``"platt"``, ``"isotonic"`` (the bank's own calibrator, fitted on top of
+            the model file's), ``"consortium"`` (the model file's calibration alone) or
+            ``"uncalibrated"`` (a model file without one).
         scores: the scores table (as written to ``output_path``).
         rejects: the rejected rows: ``row``, ``reason`` and the input's columns.
         warnings: repairs the contract makes (imputation, clipping, ...), one line each.
@@ -76,7 +78,8 @@ def score_applicants(
     """Score an applicants table with a run's model.
 
     Per applicant: PD (calibrated on the bank's own held-out split if
-    ``calibration_data`` is given, else ``sigmoid(logit)``, marked ``uncalibrated``),
+    ``calibration_data`` is given, else the model's own ``sigmoid(logit)``, marked
+    ``consortium`` when the model file carries the consortium's calibration),
     risk band (the contract's ``risk_band_edges``, ``A`` best), exposure (the
     contract's exposure column, as given), expected loss ``PD x lgd x exposure`` and
     the ``n_reasons`` strongest reasons in words (DeepLift against the contract center).
@@ -114,7 +117,8 @@ def score_applicants(
                         n_reasons=n_reasons if with_reasons else 0, id_column=id_column,
                         batch_size=batch_size)
     result = ScoringResult(len(table), len(scores), len(checked.rejects),
-                           calibrator.method if calibrator else UNCALIBRATED, scores,
+                           calibrator.method if calibrator else default_calibration(run),
+                           scores,
                            checked.rejects, checked.warnings, calibrator=calibrator)
     return result if output_path is None else _write(result, Path(output_path))
 
@@ -155,7 +159,8 @@ def score_rows(
         attributions = column_attributions(run.model, contract, features, batch_size)
         for rank, words in enumerate(top_reasons(contract, rows, attributions, n_reasons), 1):
             scores[f"{REASON_PREFIX}{rank}"] = words
-    scores[CALIBRATION_COLUMN] = UNCALIBRATED if calibrator is None else calibrator.method
+    scores[CALIBRATION_COLUMN] = (default_calibration(run) if calibrator is None
+                                  else calibrator.method)
     return scores
 
 

@@ -4,6 +4,11 @@ Under DP every evaluation figure is computed here from the banks' noisy score
 histograms (post-processing of accounted releases); the consortium figures pool the
 banks' signed noisy counts first and clip negative counts only after pooling.
 
+The final model's PD calibration map is fitted here too, on the pooled held-out
+histograms of the last evaluation (:mod:`fedrisk.models.calibration`; post-processing,
+no extra ε), and stored in the model file, so the consortium model's PDs are calibrated
+as loaded.
+
 Writes ``metrics.json`` (schema in the README), the final model
 (``model.safetensors``) and ``training.png`` (consortium AUC and max ε per round).
 """
@@ -29,6 +34,11 @@ from flwr.common.logger import log  # noqa: E402
 
 from fedrisk.config import RunConfig  # noqa: E402
 from fedrisk.models import ModelSpec, save_model  # noqa: E402
+from fedrisk.models.calibration import (  # noqa: E402
+    PlattMap,
+    fit_histogram_calibration,
+    histogram_calibration_facts,
+)
 from fedrisk.models.histograms import (  # noqa: E402
     FINE_GRID,
     ScoreGrid,
@@ -37,6 +47,10 @@ from fedrisk.models.histograms import (  # noqa: E402
     grade_errors_from,
     histogram_metrics,
     histograms_from,
+)
+from fedrisk.privacy.accounting import (  # noqa: E402
+    compose_epsilon,
+    weighted_mean_noise_multiplier,
 )
 
 SCHEMA_VERSION = 1
@@ -70,11 +84,16 @@ class RunRecorder:
         self.n_grades = 0  # grade levels of the contract, as the banks report it
         self.prior_default_rate = 0.5  # the contract's public prior, as the banks report it
         self.resumes: list[dict] = []  # each resume: the checkpointed round it started from
+        # Institution-level DP: per aggregated round, (effective noise multiplier, rate, 1).
+        self._institution_history: list[tuple[float, float, int]] = []
+        # The last evaluation's pooled global-model histograms, their grid and noise sd.
+        self._last_evaluation: tuple[np.ndarray, ScoreGrid, float] | None = None
 
     def state(self) -> dict:
         """What a checkpoint keeps of the record: closed rounds and every bank's reports."""
         return {"rounds": self.rounds, "banks": self.banks, "n_grades": self.n_grades,
-                "prior_default_rate": self.prior_default_rate, "resumes": self.resumes}
+                "prior_default_rate": self.prior_default_rate, "resumes": self.resumes,
+                "institution_history": self._institution_history}
 
     def restore(self, state: dict, from_round: int, flower_run_id: int | str) -> None:
         """Continue the record of a checkpointed run after its round ``from_round``.
@@ -88,6 +107,8 @@ class RunRecorder:
         self.prior_default_rate = float(state["prior_default_rate"])
         self.resumes = [*state.get("resumes", []),
                         {"from_round": from_round, "flower_run_id": str(flower_run_id)}]
+        self._institution_history = [tuple(step) for step in
+                                     state.get("institution_history", [])]
 
     def on_fit(self, server_round: int, results: list, failures: list) -> None:
         """Record each bank's training scalars (ε, counts) and each failure's reason."""
@@ -106,6 +127,12 @@ class RunRecorder:
         self._received[server_round] = sorted({_sha256(res.parameters.tensors)
                                                 for _, res in results})
         self._failures[server_round] = [_failure_reason(f) for f in failures]
+        if self.config.institution_level_dp and results and not failures:
+            # Flower's DP wrapper noised this round's aggregate (it skips rounds with failures).
+            sizes = [float(res.num_examples) for _, res in results]
+            self._institution_history.append((weighted_mean_noise_multiplier(
+                self.config.institution_noise_multiplier, self.config.min_banks, sizes),
+                self._institution_sample_rate(), 1))
         for reason in self._failures[server_round]:
             log(30, "round %s: a bank did not contribute: %s", server_round, reason)
 
@@ -147,6 +174,8 @@ class RunRecorder:
     def _close_round(self, server_round: int, grid: ScoreGrid, pooled: dict[str, np.ndarray],
                      noise_sd: float, exact_brier: float | None, evaluated: bool) -> None:
         consortium = histogram_metrics(*pooled["hist"], grid, noise_sd) if evaluated else {}
+        if evaluated and pooled["hist"].any():  # some bank released histograms
+            self._last_evaluation = (pooled["hist"].copy(), grid, noise_sd)
         now = time.monotonic()
         record = {
             "round": server_round,
@@ -174,6 +203,8 @@ class RunRecorder:
     def _epsilon_text(self, record: dict) -> str:
         if not self.config.dp:
             return "non-private"
+        if not self.config.record_level_dp:
+            return "institution-level DP (ε after the last round)"
         if record["epsilon_max"] is None:
             return "no bank trained"
         text = f"max ε {record['epsilon_max']:.3f}"
@@ -191,6 +222,52 @@ class RunRecorder:
         values = [b["epsilon_eval"] for b in self.banks.values() if "epsilon_eval" in b]
         return max(values) if values else None
 
+    def calibration(self) -> PlattMap | None:
+        """The final model's PD calibration map, fitted on the last evaluation's pooled histograms.
+
+        Post-processing of the banks' released (noisy under DP) held-out histograms: no
+        extra ε. None with ``pd-calibration = "none"``, without an evaluation, or when the
+        counts cannot support a fit.
+        """
+        if self.config.pd_calibration == "none" or self._last_evaluation is None:
+            return None
+        pooled, grid, noise_sd = self._last_evaluation
+        fitted = fit_histogram_calibration(*pooled, grid, self.config.pd_calibration, noise_sd)
+        if fitted is None:
+            log(30, "PD calibration: the pooled held-out histograms cannot support a fit; "
+                "the model is stored uncalibrated")
+        return fitted
+
+    def _institution_sample_rate(self) -> float:
+        """Fraction of the banks sampled per round (Flower samples at least min-banks)."""
+        known = max(len(self.banks), self.config.min_banks)
+        return min(1.0, max(self.config.fraction_train, self.config.min_banks / known))
+
+    def institution_dp(self) -> dict | None:
+        """The institution-level guarantee of the released model (None without it).
+
+        ε by Opacus' RDP accountant over the rounds whose aggregate was noised, each a
+        Gaussian mechanism on the weighted mean update with the effective noise multiplier
+        of :func:`weighted_mean_noise_multiplier`, at the run's δ. Holds only if the
+        coordinator added the noise (it adds it, to a sum it sees unnoised).
+        """
+        if not self.config.institution_level_dp:
+            return None
+        history = self._institution_history
+        return {
+            "epsilon": compose_epsilon(history, self.config.target_delta, "rdp"),
+            "delta": self.config.target_delta, "accountant": "rdp",
+            "noise_multiplier": self.config.institution_noise_multiplier,
+            "effective_noise_multiplier": min((s for s, _, _ in history), default=None),
+            "clipping_norm": self.config.institution_clipping_norm,
+            "rounds": len(history), "rounds_planned": self.config.num_server_rounds,
+            "sample_rate": self._institution_sample_rate(),
+            "sampled_banks": self.config.min_banks,
+            "unit": "one bank (all of its rows)",
+            "trust": "holds only if the coordinator adds the noise: it sees the unnoised "
+                     "aggregate; each bank enforces only its own clipping",
+        }
+
     def write(self, parameters, output_dir: Path) -> dict:
         """Write metrics.json, the final model and the training plot; return the metrics."""
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -199,13 +276,15 @@ class RunRecorder:
         spec = ModelSpec(self.config.model, int(arrays[0].shape[1]), self.config.hidden_layers,
                          self.prior_default_rate, self.n_grades)
         names = _parameter_names(spec)
-        save_model(output_dir / "model.safetensors", spec, dict(zip(names, arrays, strict=True)))
-        metrics = self.metrics(spec)
+        calibration = self.calibration()
+        save_model(output_dir / "model.safetensors", spec, dict(zip(names, arrays, strict=True)),
+                   calibration=calibration)
+        metrics = self.metrics(spec, calibration)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json))
         self._plot(output_dir / "training.png")
         return metrics
 
-    def metrics(self, spec: ModelSpec) -> dict:
+    def metrics(self, spec: ModelSpec, calibration: PlattMap | None = None) -> dict:
         """The metrics.json document (schema documented in the README)."""
         last = self.rounds[-1] if self.rounds else {}
         banks = []
@@ -218,7 +297,7 @@ class RunRecorder:
         return {
             "schema_version": SCHEMA_VERSION,
             "run_id": str(self.run_id),
-            "privacy": "DP-SGD (record-level)" if self.config.dp else "NON-PRIVATE baseline",
+            "privacy": _privacy_label(self.config),
             "config": {**self.config.to_run_config(), **self.run_facts},
             "model": {"file": "model.safetensors", "spec": spec.to_dict()},
             "rounds": self.rounds,
@@ -228,11 +307,31 @@ class RunRecorder:
                       "auc_noise_sd": last.get("auc_noise_sd"),
                       "epsilon_eval_max": self.epsilon_eval_max(),
                       "personalized_auc": last.get("personalized_auc"),
-                      "personalized_auc_noise_sd": last.get("personalized_auc_noise_sd")},
+                      "personalized_auc_noise_sd": last.get("personalized_auc_noise_sd"),
+                      **self._calibration_facts(calibration)},
             "baselines": {},
             "resumed_from_round": self.resumes[-1]["from_round"] if self.resumes else None,
             "resumes": self.resumes,
+            "institution_dp": self.institution_dp(),
         }
+
+    def _calibration_facts(self, calibration: PlattMap | None) -> dict:
+        """``final``'s mean PD, default rate and calibration slope of the stored model.
+
+        Read off the last evaluation's pooled held-out histograms (noisy under DP), with the
+        stored calibration applied, and the map itself (``pd_calibration``).
+        """
+        if self._last_evaluation is None:
+            return {"mean_pd": None, "observed_default_rate": None, "calibration_slope": None,
+                    "pd_calibration": None}
+        pooled, grid, _ = self._last_evaluation
+        raw = histogram_calibration_facts(*pooled, grid)
+        stored = histogram_calibration_facts(*pooled, grid, calibration)
+        return {**stored, "pd_calibration": None if calibration is None else {
+            "method": calibration.fitted_on.get("method", self.config.pd_calibration),
+            "slope": calibration.slope,
+            "intercept": calibration.intercept, "mean_pd_uncalibrated": raw["mean_pd"],
+            "calibration_slope_uncalibrated": raw["calibration_slope"]}}
 
     def _plot(self, path: Path) -> None:
         rounds = [r["round"] for r in self.rounds]
@@ -251,6 +350,14 @@ class RunRecorder:
         figure.tight_layout()
         figure.savefig(path, dpi=100)
         plt.close(figure)
+
+
+def _privacy_label(config: RunConfig) -> str:
+    if not config.dp:
+        return "NON-PRIVATE baseline"
+    return {"record": "DP-SGD (record-level)",
+            "institution": "institution-level DP (client-side clipping, coordinator noise)",
+            "both": "DP-SGD (record-level) + institution-level DP"}[config.dp_level]
 
 
 def natural_key(name: str) -> tuple:

@@ -31,7 +31,14 @@ from flwr.common import (
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Strategy
+from flwr.server.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Strategy,
+)
 
 from fedrisk.config import RunConfig
 
@@ -183,6 +190,13 @@ def make_strategy(config: RunConfig, every_message: dict[str, Scalar] | None = N
     cannot buy influence by claiming more examples. ``every_message`` is added to every
     round's fit and evaluate config (each bank's last reported ledger head: a rolled-back
     bank refuses).
+
+    With institution-level DP the strategy is wrapped in Flower's
+    ``DifferentialPrivacyClientSideFixedClipping``: it asks every bank to clip its update to
+    ``institution-clipping-norm`` (the banks' ``fixedclipping_mod`` enforces it) and adds
+    Gaussian noise of std ``institution-noise-multiplier × norm / min-banks`` to the
+    aggregated model; a round with any failure is not aggregated (Flower's rule: fewer
+    contributions than the noise was calibrated for).
     """
     extra = dict(every_message or {})
     common = {
@@ -210,7 +224,11 @@ def make_strategy(config: RunConfig, every_message: dict[str, Scalar] | None = N
             return FedTrimmedAvg(beta=config.trimmed_fraction, **common)
         return FedAvg(**common)
 
-    return build
+    if not config.institution_level_dp:
+        return build
+    return lambda initial: DifferentialPrivacyClientSideFixedClipping(
+        build(initial), config.institution_noise_multiplier, config.institution_clipping_norm,
+        config.min_banks)
 
 
 def _round_config(server_round: int) -> dict[str, Scalar]:

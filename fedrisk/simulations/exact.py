@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from fedrisk.data import Contract, read_table, stratified_split
 from fedrisk.models import load_model
+from fedrisk.models.calibration import PlattMap, fit_platt
 from fedrisk.privacy.dpsgd import predict_logits
 from fedrisk.privacy.policy import BankPolicy
 
@@ -49,10 +51,11 @@ def held_out_splits(run_dir: Path) -> dict[str, HeldOut]:
 
 
 def exact_evaluation(run_dir: Path) -> dict:
-    """Exact AUCs of a finished run: consortium (pooled rows) and per bank.
+    """Exact figures of a finished run: consortium (pooled rows) and per bank.
 
     Returns ``auc`` (global model, all banks' held-out rows pooled), ``personalized_auc``
-    (each bank's personalized model on its own rows, pooled; None if none was kept) and
+    (each bank's personalized model on its own rows, pooled; None if none was kept),
+    ``calibration`` (:func:`exact_calibration` of the global model on the pooled rows) and
     ``banks.<id>`` with ``auc`` and ``personalized_auc``.
     """
     run_dir = Path(run_dir)
@@ -72,7 +75,26 @@ def exact_evaluation(run_dir: Path) -> dict:
     pooled = {key: _auc(np.concatenate([s for s, _ in pairs]),
                         np.concatenate([y for _, y in pairs])) if pairs else None
               for key, pairs in scores.items()}
-    return {**pooled, "banks": banks}
+    logits = np.concatenate([s for s, _ in scores["auc"]])
+    labels = np.concatenate([y for _, y in scores["auc"]])
+    return {**pooled, "calibration": exact_calibration(logits, labels, model.calibration),
+            "banks": banks}
+
+
+def exact_calibration(logits: np.ndarray, labels: np.ndarray, calibration: PlattMap | None
+                      ) -> dict[str, float | None]:
+    """Mean PD, default rate and calibration slope on rows, with and without ``calibration``.
+
+    ``logits`` are the model's as stored (its calibration applied); ``*_uncalibrated``
+    undoes the stored map. ``calibration_slope``: slope of the logistic regression of the
+    outcome on the logit (1: PDs neither too spread out nor too compressed).
+    """
+    raw = logits if calibration is None else (logits - calibration.intercept) / calibration.slope
+    return {"observed_default_rate": float(labels.mean()),
+            "mean_pd": float(expit(logits).mean()),
+            "mean_pd_uncalibrated": float(expit(raw).mean()),
+            "calibration_slope": fit_platt(logits, labels).slope,
+            "calibration_slope_uncalibrated": fit_platt(raw, labels).slope}
 
 
 def _auc(logits: np.ndarray, labels: np.ndarray) -> float:
