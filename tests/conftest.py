@@ -9,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+# RAY_DEDUP_LOGS=0: tests that read the banks' log lines (--verbose) need each bank's own
+# line, which Ray otherwise folds into "[repeated 2x across cluster]".
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-       "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+       "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -21,6 +21,7 @@ import fedrisk.privacy.dpsgd as dpsgd_module
 from fedrisk.audit import AuditSettings, build_audit, merge_bank_parts
 from fedrisk.audit.bank import RunFacts, _verdict, bank_audit
 from fedrisk.audit.canary import (
+    _plan_check,
     check_accounting,
     check_clipping,
     check_noise,
@@ -40,7 +41,13 @@ from fedrisk.data import embedded_banks, load_embedded, stratified_split
 from fedrisk.models import ModelSpec, build_model, model_arrays, save_model, set_model_arrays
 from fedrisk.models.histograms import FINE_GRID
 from fedrisk.models.metrics import HISTOGRAM_BINS
-from fedrisk.privacy.accounting import DPSchedule, compose_epsilon, plan_schedule, steps_per_epoch
+from fedrisk.privacy.accounting import (
+    DPSchedule,
+    calibrate_noise_multiplier,
+    compose_epsilon,
+    plan_schedule,
+    steps_per_epoch,
+)
 from fedrisk.privacy.chain import TrustedKeys
 from fedrisk.privacy.keys import load_or_create_signing_key, public_key_pem
 from fedrisk.privacy.ledger import EgressLedger
@@ -477,3 +484,24 @@ def test_audit_report_fails_a_run_against_a_smaller_claimed_epsilon(tiny_run, tm
     assert document["claimed_epsilon"] == 0.05 and document["audit_passed"] is False
     assert document["banks"][0]["canary_claimed_epsilon"] == 0.05
     assert run_cli("audit", "report", str(tiny_run), "--claimed-epsilon", "-1").returncode == 2
+
+
+def test_a_resumed_runs_replanned_noise_passes_only_if_it_adds_noise_within_target():
+    """A resumed run that repeats a charged round re-plans σ upward for the rounds left."""
+    config = {"target-epsilon": 3.0, "target-delta": 1e-5, "batch-size": 256,
+              "num-server-rounds": 4, "local-epochs": 2, "personalization": "none",
+              "accountant": "rdp"}
+    rate, per_round = 1 / 8, 16  # 2,000 train rows at batch 256: 8 steps per epoch
+    planned = plan_schedule(2000, 256, 2, 4, 3.0, 1e-5).noise_multiplier
+    replanned = calibrate_noise_multiplier(3.0, 1e-5, rate, 2 * per_round,
+                                           [(planned, rate, 3 * per_round)])
+    assert replanned > planned
+
+    def phases(sigmas: list[float]) -> list[dict]:
+        return [{"round": r, "phase": "train", "noise_multiplier": s, "sample_rate": rate,
+                 "steps": per_round} for r, s in zip((1, 2, 3, 3, 4), sigmas, strict=True)]
+
+    honest = phases([planned] * 3 + [replanned] * 2)
+    assert _plan_check({"noise_multiplier": None}, honest, config, 2000)["passed"]
+    cheating = phases([planned] * 3 + [planned] * 2)  # the repeated round not paid for
+    assert not _plan_check({"noise_multiplier": planned}, cheating, config, 2000)["passed"]

@@ -257,13 +257,15 @@ def _schedule_check(phases: list[dict], config: dict[str, Any], n_train: int) ->
 
 def _plan_check(spec: dict[str, Any], phases: list[dict], config: dict[str, Any],
                 n_train: int) -> dict[str, Any]:
-    sigma = spec.get("noise_multiplier")
-    if not phases or not isinstance(sigma, float):
-        return _result("noise_multiplier_planned", False, measured=sigma, expected=None,
-                       tolerance=None, detail="no single noise multiplier recorded for the run")
-    if sigma <= 0:
-        return _result("noise_multiplier_planned", False, measured=sigma, expected=None,
+    sigmas = [p.get("noise_multiplier") for p in phases]
+    if not phases or not all(isinstance(s, float | int) for s in sigmas):
+        return _result("noise_multiplier_planned", False, measured=spec.get("noise_multiplier"),
+                       expected=None, tolerance=None,
+                       detail="no noise multiplier recorded for the run")
+    if min(sigmas) <= 0:
+        return _result("noise_multiplier_planned", False, measured=min(sigmas), expected=None,
                        tolerance=None, detail="noise multiplier 0 recorded: no DP")
+    sigma = float(sigmas[0])
     if config.get("privacy-budget-scope", "run") != "run":
         return _result("noise_multiplier_planned", True, measured=sigma, expected=None,
                        tolerance=None, detail="dataset-scope budget: plan depends on prior runs")
@@ -272,16 +274,24 @@ def _plan_check(spec: dict[str, Any], phases: list[dict], config: dict[str, Any]
     per_epoch = steps_per_epoch(n_train, int(config["batch-size"]))
     steps = (int(config["num-server-rounds"]) * int(config["local-epochs"]) + personalization
              ) * per_epoch
-    target = float(config["target-epsilon"])
-    planned = cached_epsilon(((sigma, 1 / per_epoch, steps),), float(config["target-delta"]),
-                             config.get("accountant", "rdp"))
+    target, delta = float(config["target-epsilon"]), float(config["target-delta"])
+    accountant = config.get("accountant", "rdp")
+    planned = cached_epsilon(((sigma, 1 / per_epoch, steps),), delta, accountant)
     # calibrate_noise_multiplier stops within 0.01 of the target (or at σ resolution 1e-4)
     passed = target - PLAN_TOLERANCE <= planned <= target * (1 + 1e-9)
+    detail = (f"ledger σ={sigma:.6g} over the planned {steps} steps at q=1/{per_epoch} gives "
+              f"ε={planned:.4g}; the plan must meet target ε={target:g} "
+              f"(within {PLAN_TOLERANCE})")
+    # The run's spends must compose within the target: a round charged twice (a resumed
+    # run repeating it) must have been paid for by re-planning σ upward for the rest.
+    composed = cached_epsilon(tuple((p["noise_multiplier"], p["sample_rate"], p["steps"])
+                                    for p in phases), delta, accountant)
+    passed = passed and min(sigmas) >= sigma * (1 - 1e-9) and composed <= target * (1 + 1e-9)
+    if len(set(sigmas)) > 1 or composed > target * (1 + 1e-9):
+        detail += (f"; the run's {len(phases)} spends (σ {min(sigmas):.6g}-{max(sigmas):.6g}, "
+                   f"re-planned after a resume) compose to ε={composed:.4g}, target {target:g}")
     return _result("noise_multiplier_planned", passed, measured=planned, expected=target,
-                   tolerance=PLAN_TOLERANCE,
-                   detail=f"ledger σ={sigma:.6g} over the planned {steps} steps at q=1/{per_epoch}"
-                          f" gives ε={planned:.4g}; the plan must meet target ε={target:g} "
-                          f"(within {PLAN_TOLERANCE})")
+                   tolerance=PLAN_TOLERANCE, detail=detail)
 
 
 def _relative(value: float | None, expected: float | None) -> float:
