@@ -22,7 +22,7 @@ from scipy.stats import multivariate_normal
 
 from fedrisk.data import Contract, DataError, load_embedded
 from fedrisk.models import ModelSpec, build_model, model_arrays, save_model
-from fedrisk.models.store import SPEC_KEY
+from fedrisk.models.store import SPEC_KEY, load_model
 from fedrisk.risk import (
     ModelFileError,
     basel_retail_correlation,
@@ -422,3 +422,18 @@ def test_scores_rejects_calibrator_and_contributions_are_owner_only(run_dir, app
     assert {stat.S_IMODE(p.stat().st_mode) for p in private} == {0o600}
     folders = [tmp_path / "portfolio", tmp_path / "portfolio" / "book", tmp_path / "refused"]
     assert {stat.S_IMODE(p.stat().st_mode) for p in folders} == {0o700}
+
+
+def test_a_model_whose_header_length_starts_with_the_pickle_opcode_loads(run_dir, tmp_path):
+    """A safetensors header of 640 bytes begins 0x80 0x02: the first bytes of a pickle."""
+    spec, model = load_model(run_dir / "model.safetensors")
+    arrays = {name: value.detach().numpy() for name, value in model.state_dict().items()}
+    path = tmp_path / "model.safetensors"
+    for padding in range(512):
+        save_file(arrays, str(path), metadata={SPEC_KEY: json.dumps(spec.to_dict()),
+                                               "padding": " " * padding})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    loaded_spec, _ = load_model(path)
+    assert loaded_spec == spec

@@ -91,22 +91,31 @@ def load_model(path: str | Path) -> tuple[ModelSpec, PDNetwork]:
 
 
 def _check_safetensors_header(path: Path) -> None:
+    """Refuse, without parsing more, a file that is not safetensors (naming pickles as such).
+
+    A safetensors file is an 8-byte little-endian header length N, then N bytes of JSON
+    starting with ``{``. Only a file without that layout is diagnosed further: a valid
+    header length whose first byte happens to be 0x80 (N = 128, 384, 640, ...) is not a
+    pickle's protocol opcode.
+    """
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(_HEADER_LENGTH_BYTES)
-        if head.startswith(_ZIP_MAGIC):
-            raise ModelFileError(f"{path}: is a zip archive (torch.save pickle), not safetensors; "
-                                 "refused without loading it, pickles can run code")
-        if head[:1] == bytes([_PICKLE_PROTOCOL_OPCODE]):
-            raise ModelFileError(f"{path}: is a Python pickle, not safetensors; refused "
-                                 "without loading it, pickles can run code")
-        if len(head) < _HEADER_LENGTH_BYTES:
-            raise ModelFileError(f"{path}: too short to be a safetensors model file")
-        (header_length,) = struct.unpack("<Q", head)
-        if header_length > size - _HEADER_LENGTH_BYTES or handle.read(1) != b"{":
-            raise ModelFileError(f"{path}: not a safetensors file (no valid header); refused")
+        first = handle.read(1)
+    if len(head) == _HEADER_LENGTH_BYTES and first == b"{" \
+            and struct.unpack("<Q", head)[0] <= size - _HEADER_LENGTH_BYTES:
+        return
+    if head.startswith(_ZIP_MAGIC):
+        raise ModelFileError(f"{path}: is a zip archive (torch.save pickle), not safetensors; "
+                             "refused without loading it, pickles can run code")
+    if head[:1] == bytes([_PICKLE_PROTOCOL_OPCODE]):
+        raise ModelFileError(f"{path}: is a Python pickle, not safetensors; refused "
+                             "without loading it, pickles can run code")
+    if len(head) < _HEADER_LENGTH_BYTES:
+        raise ModelFileError(f"{path}: too short to be a safetensors model file")
+    raise ModelFileError(f"{path}: not a safetensors file (no valid header); refused")
 
 
 def _declared_spec_and_shapes(path: Path) -> tuple[ModelSpec, dict[str, tuple[int, ...]],
