@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -114,12 +116,16 @@ def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
     run = _new_run()
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
                       run_config=dict(run_config))
-    backend_config = {
-        "client_resources": {"num_cpus": cpus_per_bank, "num_gpus": 0.0},
-        "init_args": {"address": ray_address or LOCAL_RAY,
-                      "logging_level": "WARNING" if verbose else "ERROR",
-                      "log_to_driver": verbose, "include_dashboard": False},
-    }
+    init_args = {"address": ray_address or LOCAL_RAY,
+                 "logging_level": "WARNING" if verbose else "ERROR",
+                 "log_to_driver": verbose, "include_dashboard": False}
+    # A local Ray keeps its session (logs, sockets) in a folder of its own, removed once
+    # the run succeeds: Ray never deletes its sessions, so /tmp/ray grew with every run.
+    ray_temp = None if ray_address else tempfile.mkdtemp(prefix="fedrisk-ray-")
+    if ray_temp is not None:
+        init_args["_temp_dir"] = ray_temp
+    backend_config = {"client_resources": {"num_cpus": cpus_per_bank, "num_gpus": 0.0},
+                      "init_args": init_args}
     logging.getLogger("flwr").setLevel(logging.INFO)
     _run_simulation(
         num_supernodes=num_banks, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
@@ -127,6 +133,8 @@ def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
         backend_config=backend_config, app_dir=str(app_dir), run=run,
         server_app_context=context, verbose_logging=verbose, is_app=True,
     )
+    if ray_temp is not None:  # kept when the run failed: Ray's logs say why
+        shutil.rmtree(ray_temp, ignore_errors=True)
     return run.run_id
 
 
