@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
+import time
 from pathlib import Path
 
 import grpc
@@ -33,6 +33,7 @@ from flwr.supercore.constant import NOOP_FEDERATION_ID
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
+from ray._common.utils import get_default_ray_temp_dir
 from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
 from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
 
@@ -116,16 +117,13 @@ def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
     run = _new_run()
     context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
                       run_config=dict(run_config))
-    init_args = {"address": ray_address or LOCAL_RAY,
-                 "logging_level": "WARNING" if verbose else "ERROR",
-                 "log_to_driver": verbose, "include_dashboard": False}
-    # A local Ray keeps its session (logs, sockets) in a folder of its own, removed once
-    # the run succeeds: Ray never deletes its sessions, so /tmp/ray grew with every run.
-    ray_temp = None if ray_address else tempfile.mkdtemp(prefix="fedrisk-ray-")
-    if ray_temp is not None:
-        init_args["_temp_dir"] = ray_temp
-    backend_config = {"client_resources": {"num_cpus": cpus_per_bank, "num_gpus": 0.0},
-                      "init_args": init_args}
+    backend_config = {
+        "client_resources": {"num_cpus": cpus_per_bank, "num_gpus": 0.0},
+        "init_args": {"address": ray_address or LOCAL_RAY,
+                      "logging_level": "WARNING" if verbose else "ERROR",
+                      "log_to_driver": verbose, "include_dashboard": False},
+    }
+    started = time.time()
     logging.getLogger("flwr").setLevel(logging.INFO)
     _run_simulation(
         num_supernodes=num_banks, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
@@ -133,9 +131,24 @@ def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
         backend_config=backend_config, app_dir=str(app_dir), run=run,
         server_app_context=context, verbose_logging=verbose, is_app=True,
     )
-    if ray_temp is not None:  # kept when the run failed: Ray's logs say why
-        shutil.rmtree(ray_temp, ignore_errors=True)
+    if not ray_address:  # kept when the run failed: Ray's logs say why
+        _remove_ray_session(started)
     return run.run_id
+
+
+def _remove_ray_session(since: float) -> None:
+    """Remove the session folder (logs, sockets) the local Ray of this run left behind.
+
+    Ray keeps every session under ``$TMPDIR/ray`` (or ``/tmp/ray``), so each simulation
+    left one more. Ray names a session after the pid that started it: this process.
+    """
+    root = Path(get_default_ray_temp_dir())
+    for session in root.glob(f"session_*_{os.getpid()}"):
+        if session.is_dir() and session.stat().st_mtime >= since - 1:
+            shutil.rmtree(session, ignore_errors=True)
+    latest = root / "session_latest"
+    if latest.is_symlink() and not latest.exists():
+        latest.unlink(missing_ok=True)
 
 
 def _new_run() -> Run:
