@@ -184,6 +184,28 @@ def stop_bank(directory: Path, bank: str, timeout: float = DEFAULT_STOP_TIMEOUT)
     return [r.name for r in mine]
 
 
+def restart_superlink(directory: Path, timeout: float = DEFAULT_START_TIMEOUT,
+                      niceness: int = 0,
+                      task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL) -> ProcessRecord:
+    """Start the SuperLink again (after a crash) with the same command and database.
+
+    Registered banks and finished runs are kept in its database; the banks' SuperNodes
+    and the proxy keep running and reconnect by themselves. A run it was coordinating
+    is lost with its ServerApp: continue it with ``consortium run DIR --resume RUN``.
+    A SuperLink still running is stopped first.
+    """
+    layout = Layout.at(directory)
+    settings = read_settings(layout)
+    records = read_records(layout.pids)
+    _stop_all([r for r in records if r.name == "superlink"], DEFAULT_STOP_TIMEOUT)
+    others = [r for r in records if r.name != "superlink"]
+    write_records(layout.pids, others)
+    env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(task_poll_interval)}
+    record = _start_superlink(layout, settings, env, niceness, time.monotonic() + timeout)
+    write_records(layout.pids, [record, *others])
+    return record
+
+
 def register_bank(directory: Path, bank: str) -> int | None:
     """Register a bank's SuperNode public key with the SuperLink; return its node id.
 

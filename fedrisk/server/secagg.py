@@ -73,12 +73,29 @@ class DropoutSafeSecAggPlus(SecAggPlusWorkflow):
 
     def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext,
                                      state: WorkflowState) -> bool:
-        """Flower's collection; the banks' published sizes set the next rounds' maximum weight."""
+        """Flower's collection; the banks' published sizes set the next rounds' maximum weight.
+
+        Flower 1.41 lists each error reply of this stage twice in ``state.failures`` (once
+        while summing, once for the strategy); each is kept once, so a bank that dropped
+        out counts as one failure in metrics.json.
+        """
+        before = len(state.failures)
         proceed = super().collect_masked_vectors_stage(grid, context, state)
+        _drop_repeated_failures(state.failures, before)
         published = [fitres.num_examples for _, fitres in state.legacy_results]
         if self.follow_sizes and published:
             self.max_weight = max(self.max_weight, weight_bound(max(published)))
         return proceed
+
+
+def _drop_repeated_failures(failures: list, start: int) -> None:
+    """Remove the second copy of the failures added after ``start`` if they were listed twice."""
+    added = failures[start:]
+    half = len(added) // 2
+    if added and len(added) % 2 == 0 and all(
+            first.args == second.args for first, second in zip(added[:half], added[half:],
+                                                               strict=True)):
+        del failures[start + half:]
 
 
 def weight_bound(size: float) -> float:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from pathlib import Path
 
 import grpc
@@ -31,6 +33,7 @@ from flwr.supercore.constant import NOOP_FEDERATION_ID
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
+from ray._common.utils import get_default_ray_temp_dir
 from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
 from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
 
@@ -120,6 +123,7 @@ def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
                       "logging_level": "WARNING" if verbose else "ERROR",
                       "log_to_driver": verbose, "include_dashboard": False},
     }
+    started = time.time()
     logging.getLogger("flwr").setLevel(logging.INFO)
     _run_simulation(
         num_supernodes=num_banks, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
@@ -127,7 +131,24 @@ def run_flower_simulation(run_config: dict, num_banks: int, app_dir: Path,
         backend_config=backend_config, app_dir=str(app_dir), run=run,
         server_app_context=context, verbose_logging=verbose, is_app=True,
     )
+    if not ray_address:  # kept when the run failed: Ray's logs say why
+        _remove_ray_session(started)
     return run.run_id
+
+
+def _remove_ray_session(since: float) -> None:
+    """Remove the session folder (logs, sockets) the local Ray of this run left behind.
+
+    Ray keeps every session under ``$TMPDIR/ray`` (or ``/tmp/ray``), so each simulation
+    left one more. Ray names a session after the pid that started it: this process.
+    """
+    root = Path(get_default_ray_temp_dir())
+    for session in root.glob(f"session_*_{os.getpid()}"):
+        if session.is_dir() and session.stat().st_mtime >= since - 1:
+            shutil.rmtree(session, ignore_errors=True)
+    latest = root / "session_latest"
+    if latest.is_symlink() and not latest.exists():
+        latest.unlink(missing_ok=True)
 
 
 def _new_run() -> Run:
