@@ -52,6 +52,8 @@ RUN = "faults"
 ROUNDS = 3
 TARGET_EPSILON = 3.0
 
+pytestmark = pytest.mark.slow  # ~4 min: `bash .ci/run -m slow`
+
 
 @pytest.fixture(scope="module")
 def four_banks(consortium):
