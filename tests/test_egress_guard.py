@@ -1,5 +1,6 @@
 """The egress guard blocks every way a malicious ClientApp tries to send rows out."""
 
+import math
 import os
 
 import numpy as np
@@ -17,6 +18,7 @@ from fedrisk.client.bank_client import BankClient
 from fedrisk.client.guard import egress_guard_mod
 from fedrisk.config import RunConfig
 from fedrisk.data import embedded_banks, load_embedded
+from fedrisk.privacy.egress import EgressPolicy, evaluated_size_bound
 from fedrisk.privacy.secagg_replies import _one_polynomial
 
 
@@ -177,3 +179,15 @@ def test_secagg_shares_off_the_banks_polynomial_are_caught():
     assert not _one_polynomial(shares, 5, secret)  # a higher-degree polynomial than agreed
     assert not _one_polynomial([*shares[:14], shares[0]], 9, secret)  # an index reused
     assert not _one_polynomial(shares[:8], 9, secret)  # fewer shares than the threshold
+
+
+def test_an_honest_noisy_evaluation_size_passes_the_guard():
+    """num_examples under DP is the sum of 2 x bins noisy counts, not one noisy count."""
+    sigma, n_test, bins = 7.06, 400, 10  # σ of eval-epsilon 1 over 3 releases
+    margin = math.ceil(8 * sigma) + 1  # the guard's per-count margin
+    policy = EgressPolicy("west", (), bins, n_test=n_test, noise_margin=margin)
+    rng = np.random.default_rng(0)
+    sizes = n_test + rng.normal(0.0, sigma, (100_000, 2 * bins)).sum(axis=1)
+    assert (sizes > n_test + margin).mean() > 0.02  # what a per-count margin blocked
+    assert (sizes > evaluated_size_bound(policy)).sum() == 0
+    assert evaluated_size_bound(policy) < n_test + 100 * sigma  # still a bound

@@ -95,6 +95,16 @@ class EgressPolicy:
     spend: Mapping[str, object] | None = None
 
 
+def evaluated_size_bound(policy: EgressPolicy) -> int:
+    """Largest ``num_examples`` an honest evaluate reply may carry.
+
+    Under DP it is the sum of the released score histograms (``2 × histogram_bins`` noisy
+    counts), whose noise standard deviation is √(2 × bins) times one count's: the bound is
+    ``n_test`` plus 8 of those (a per-count margin alone blocked about 3% of honest replies).
+    """
+    return policy.n_test + policy.noise_margin * math.ceil(math.sqrt(2 * policy.histogram_bins))
+
+
 def inspect_reply(content: RecordDict, message_type: str, policy: EgressPolicy,
                   secagg: SecAggExchange | None = None) -> list[str]:
     """Return every violation of ``policy`` in a reply's content (empty: it may leave).
@@ -152,8 +162,7 @@ def _inspect_evaluate(content: RecordDict, policy: EgressPolicy) -> list[str]:
                               {"loss": _number(low=0.0)}.get, "evaluateres.loss",
                               required={"loss"})
     problems += _check_record(content.metric_records.get("evaluateres.num_examples"),
-                              {"num_examples": _count(0, policy.n_test
-                                                      + policy.noise_margin)}.get,
+                              {"num_examples": _count(0, evaluated_size_bound(policy))}.get,
                               "evaluateres.num_examples", required={"num_examples"})
     problems += _check_record(content.config_records.get("evaluateres.metrics"),
                               lambda key: _evaluation_rule(key, policy), "evaluateres.metrics")
