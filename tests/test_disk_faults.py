@@ -13,19 +13,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from bank_messages import bank_context, proposal_message, train_message, write_bank_files
 from conftest import run_cli, write_embedded
-from flwr.app import Context, Message, RecordDict
-from flwr.common import FitIns, GetParametersIns, ndarrays_to_parameters
-from flwr.common.constant import MessageTypeLegacy
-from flwr.compat.common import recorddict_compat as compat
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Context, Message
 
 import fedrisk.client.bank_client as bank_client_module
-from fedrisk.client.bank import bank_for_context
-from fedrisk.client.bank_client import BankClient
 from fedrisk.client.client_app import app
 from fedrisk.config import RunConfig
-from fedrisk.data import embedded_banks, load_embedded, read_table, split_table, write_table
+from fedrisk.data import read_table, split_table, write_table
 from fedrisk.privacy.chain import LEDGER_DIRNAME, LEDGER_SUFFIX
 from fedrisk.privacy.policy import BankPolicy
 
@@ -40,13 +35,8 @@ def bank_files():
     """A bank's files in a folder an ordinary user can read (pytest's tmp_path is root's)."""
     folder = Path(tempfile.mkdtemp(prefix="fedrisk-disk-"))
     os.chmod(folder, 0o755)
-    table = embedded_banks("lending_club")["northeast"]
-    _, contract = load_embedded("lending_club")
-    table.to_csv(folder / "bank.csv", index=False)
-    contract.save(folder / "contract.toml")
-    policy = BankPolicy(**{**BankPolicy.deployment_default().__dict__,
-                           "secure_aggregation_required": False})
-    policy.save(folder / "bank-policy.toml")
+    write_bank_files(folder, BankPolicy(**{**BankPolicy.deployment_default().__dict__,
+                                            "secure_aggregation_required": False}))
     for path in folder.iterdir():
         os.chmod(path, 0o644)
     yield folder
@@ -57,30 +47,7 @@ def bank_files():
 
 
 def context_for(folder: Path, run_id: str) -> Context:
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    node_config = {"bank-id": "northeast", "data-path": str(folder / "bank.csv"),
-                   "contract-path": str(folder / "contract.toml"),
-                   "state-dir": str(folder / "state"),
-                   "policy-path": str(folder / "bank-policy.toml")}
-    policy = BankPolicy.load(folder / "bank-policy.toml")
-    config = RunConfig(**{**CONFIG.__dict__, "output_dir": str(folder), "run_id": run_id,
-                          "test_fraction": policy.test_fraction})
-    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
-                   run_config=config.to_run_config())
-
-
-def proposal() -> Message:
-    content = compat.getparametersins_to_recorddict(GetParametersIns({}))
-    return Message(content=content, dst_node_id=1, message_type=MessageTypeLegacy.GET_PARAMETERS,
-                   group_id="0")
-
-
-def train_message(context: Context) -> Message:
-    config = RunConfig.from_run_config(dict(context.run_config))
-    weights = BankClient(bank_for_context(context), config, "-").get_parameters({})
-    content = compat.fitins_to_recorddict(
-        FitIns(ndarrays_to_parameters(weights), {"server-round": 1}), True)
-    return Message(content=content, dst_node_id=1, message_type="train", group_id="1")
+    return bank_context(folder, RunConfig(**{**CONFIG.__dict__, "run_id": run_id}))
 
 
 def in_child(work, *args) -> dict:
@@ -121,14 +88,14 @@ def as_ordinary_user() -> None:
 
 def test_a_read_only_state_folder_refuses_a_run_before_anything_is_written(bank_files):
     earlier = context_for(bank_files, "earlier")
-    assert not app(proposal(), earlier).has_error()  # the bank has taken part before
+    assert not app(proposal_message(), earlier).has_error()  # the bank has taken part before
     ledger = next((bank_files / "state" / LEDGER_DIRNAME).glob(f"*{LEDGER_SUFFIX}"))
     before = ledger.read_bytes()
     for path in [bank_files / "state", *(bank_files / "state").rglob("*")]:
         if os.geteuid() == 0:  # the child runs as nobody: the bank's files are nobody's
             os.chown(path, NOBODY, NOBODY)
         os.chmod(path, 0o500 if path.is_dir() else 0o400)  # read-only, even for the owner
-    report = in_child(answer, context_for(bank_files, "next"), proposal(), as_ordinary_user)
+    report = in_child(answer, context_for(bank_files, "next"), proposal_message(), as_ordinary_user)
     assert report["error"] == REFUSED, report
     refusal = [line for line in report["logs"] if "ledger-write" in line]
     assert len(refusal) == 1 and "\n" not in refusal[0]
@@ -138,8 +105,8 @@ def test_a_read_only_state_folder_refuses_a_run_before_anything_is_written(bank_
 
 def test_a_spend_that_cannot_be_written_stops_the_round_before_training(bank_files):
     context = context_for(bank_files, "run")
-    assert not app(proposal(), context).has_error()  # admitted: the next message trains
-    message = train_message(context)
+    assert not app(proposal_message(), context).has_error()  # admitted: the next message trains
+    message = train_message(context, 1)
     ledger = next((bank_files / "state" / LEDGER_DIRNAME).glob(f"*{LEDGER_SUFFIX}"))
     before = ledger.read_bytes()
 

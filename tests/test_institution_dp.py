@@ -5,18 +5,17 @@ import json
 import math
 
 import pytest
+from bank_messages import bank_context, write_bank_files
 from conftest import simulate, write_embedded
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
 from flwr.common import FitIns, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat as compat
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrisk.client.bank import bank_for_context
 from fedrisk.client.bank_client import BankClient
 from fedrisk.client.client_app import app
 from fedrisk.config import ConfigError, RunConfig
-from fedrisk.data import embedded_banks, load_embedded
 from fedrisk.privacy.accounting import compose_epsilon, weighted_mean_noise_multiplier
 from fedrisk.privacy.policy import BankPolicy
 from fedrisk.privacy.verify import verify_path
@@ -77,17 +76,7 @@ def test_each_bank_clips_its_own_update_and_the_coordinator_sees_only_the_sum(bo
 
 
 def context_for(folder, config: RunConfig) -> Context:
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    table = embedded_banks("lending_club")["northeast"]
-    table.to_csv(folder / "bank.csv", index=False)
-    load_embedded("lending_club")[1].save(folder / "contract.toml")
-    BankPolicy.simulation_default().save(folder / "bank-policy.toml")
-    node_config = {"bank-id": "northeast", "data-path": str(folder / "bank.csv"),
-                   "contract-path": str(folder / "contract.toml"),
-                   "state-dir": str(folder / "state"),
-                   "policy-path": str(folder / "bank-policy.toml")}
-    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
-                   run_config=config.to_run_config())
+    return bank_context(write_bank_files(folder, BankPolicy.simulation_default()), config)
 
 
 def test_a_coordinator_asking_a_looser_clipping_norm_is_refused(tmp_path):

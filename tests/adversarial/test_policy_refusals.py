@@ -4,18 +4,13 @@ refused at its first message, recorded in the bank's ledger, and nothing is trai
 import math
 
 import pytest
+from bank_messages import bank_context, proposal_message, write_bank_files
 from conftest import run_cli
-from flwr.app import Context, Message, RecordDict
-from flwr.common import GetParametersIns
-from flwr.common.constant import MessageTypeLegacy
-from flwr.compat.common import recorddict_compat as compat
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrisk.client.bank import bank_for_context
 from fedrisk.client.bank_client import BankClient
 from fedrisk.client.client_app import app
 from fedrisk.config import RunConfig
-from fedrisk.data import embedded_banks, load_embedded
 from fedrisk.privacy.accounting import compose_epsilon
 from fedrisk.privacy.policy import BankPolicy, PolicyRefusal
 from fedrisk.simulations.runner import delta_below_one_over_n
@@ -38,41 +33,15 @@ PROPOSALS = {
 
 @pytest.fixture
 def bank_files(tmp_path):
-    table = embedded_banks("lending_club")["northeast"]
-    _, contract = load_embedded("lending_club")
-    table.to_csv(tmp_path / "bank.csv", index=False)
-    contract.save(tmp_path / "contract.toml")
     policy = BankPolicy.deployment_default()
-    policy = BankPolicy(**{**policy.__dict__, "model_kinds": ("mlp",)})
-    policy.save(tmp_path / "bank-policy.toml")
-    return tmp_path
-
-
-def context_for(folder, config: RunConfig, run_id: int = 1) -> Context:
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run_id, 1, 0
-    node_config = {"bank-id": "northeast", "data-path": str(folder / "bank.csv"),
-                   "contract-path": str(folder / "contract.toml"),
-                   "state-dir": str(folder / "state"),
-                   "policy-path": str(folder / "bank-policy.toml")}
-    policy = BankPolicy.load(folder / "bank-policy.toml")
-    config = RunConfig(**{**config.__dict__, "output_dir": str(folder)})
-    if config.test_fraction == HONEST.test_fraction:
-        config = RunConfig(**{**config.__dict__, "test_fraction": policy.test_fraction})
-    return Context(run_id=run_id, node_id=1, node_config=node_config, state=RecordDict(),
-                   run_config=config.to_run_config())
-
-
-def first_message() -> Message:
-    content = compat.getparametersins_to_recorddict(GetParametersIns({}))
-    return Message(content=content, dst_node_id=1, message_type=MessageTypeLegacy.GET_PARAMETERS,
-                   group_id="0")
+    return write_bank_files(tmp_path, BankPolicy(**{**policy.__dict__, "model_kinds": ("mlp",)}))
 
 
 @pytest.mark.parametrize("key", PROPOSALS)
 def test_a_run_outside_the_policy_is_refused_at_the_first_message(bank_files, key):
     config = RunConfig(**{**HONEST.__dict__, **PROPOSALS[key]})
-    context = context_for(bank_files, config)
-    reply = app(first_message(), context)
+    context = bank_context(bank_files, config)
+    reply = app(proposal_message(), context)
     assert reply.has_error() and not reply.has_content()
     assert reply.error.reason == f"bank northeast: refused: {key}"  # and nothing else
     entries = bank_for_context(context).ledger.entries()
@@ -81,7 +50,7 @@ def test_a_run_outside_the_policy_is_refused_at_the_first_message(bank_files, ke
 
 
 def test_the_honest_run_is_admitted(bank_files):
-    reply = app(first_message(), context_for(bank_files, HONEST))
+    reply = app(proposal_message(), bank_context(bank_files, HONEST))
     assert not reply.has_error() and reply.content.array_records
 
 
@@ -89,8 +58,8 @@ def test_the_run_seed_never_moves_the_banks_split(bank_files):
     splits = []
     for seed in (0, 7):
         config = RunConfig(**{**HONEST.__dict__, "seed": seed})
-        splits.append(bank_for_context(context_for(bank_files, config)).test_labels.sum())
-    bank = bank_for_context(context_for(bank_files, HONEST))
+        splits.append(bank_for_context(bank_context(bank_files, config)).test_labels.sum())
+    bank = bank_for_context(bank_context(bank_files, HONEST))
     assert splits[0] == splits[1] == bank.test_labels.sum()
 
 
@@ -100,7 +69,7 @@ def test_the_lifetime_cap_holds_whatever_scope_the_run_asks_for(bank_files):
         bank_files / "bank-policy.toml")
     admitted = []
     for run_id in range(1, 6):  # scope "run": each run asks for a fresh ε = 3
-        context = context_for(bank_files, HONEST, run_id)
+        context = bank_context(bank_files, HONEST, run_id)
         bank = bank_for_context(context)
         client = BankClient(bank, RunConfig.from_run_config(dict(context.run_config)), run_id)
         try:
@@ -124,7 +93,7 @@ def test_the_lifetime_cap_holds_whatever_scope_the_run_asks_for(bank_files):
 
 
 def test_gdp_never_decides_and_the_strictest_accountant_does(bank_files):
-    context = context_for(bank_files, RunConfig(**{**HONEST.__dict__, "accountant": "prv"}))
+    context = bank_context(bank_files, RunConfig(**{**HONEST.__dict__, "accountant": "prv"}))
     bank = bank_for_context(context)
     client = BankClient(bank, RunConfig.from_run_config(dict(context.run_config)), 1)
     assert client.accountants == ("rdp", "prv")

@@ -3,17 +3,13 @@ cannot make a bank spend more than the run's target: the bank plans the rest of 
 its own ledger, and refuses (``refused: privacy-budget``) what its budget cannot pay."""
 
 import pytest
-from flwr.app import Context, Message, RecordDict
-from flwr.common import FitIns, GetParametersIns, ndarrays_to_parameters
-from flwr.common.constant import MessageTypeLegacy
-from flwr.compat.common import recorddict_compat as compat
-from flwr.supercore.task_identity import TaskIdentity
+from bank_messages import bank_context, proposal_message, train_message, write_bank_files
+from flwr.app import Context, Message
 
 from fedrisk.client.bank import bank_for_context
 from fedrisk.client.bank_client import BankClient
 from fedrisk.client.client_app import app
 from fedrisk.config import RunConfig
-from fedrisk.data import embedded_banks, load_embedded
 from fedrisk.privacy.accounting import compose_epsilon
 from fedrisk.privacy.policy import BankPolicy
 
@@ -25,43 +21,16 @@ REFUSED_BUDGET = "bank northeast: refused: privacy-budget"
 
 @pytest.fixture
 def bank_files(tmp_path):
-    table = embedded_banks("lending_club")["northeast"]
-    _, contract = load_embedded("lending_club")
-    table.to_csv(tmp_path / "bank.csv", index=False)
-    contract.save(tmp_path / "contract.toml")
-    policy = BankPolicy(**{**BankPolicy.deployment_default().__dict__,
-                           "secure_aggregation_required": False})
-    policy.save(tmp_path / "bank-policy.toml")
-    return tmp_path
-
-
-def context_for(folder, config: RunConfig, flower_run_id: int) -> Context:
-    """Each Flower run (a fresh run, or a resume) reaches the bank with a fresh context."""
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = flower_run_id, 1, 0
-    node_config = {"bank-id": "northeast", "data-path": str(folder / "bank.csv"),
-                   "contract-path": str(folder / "contract.toml"),
-                   "state-dir": str(folder / "state"),
-                   "policy-path": str(folder / "bank-policy.toml")}
-    policy = BankPolicy.load(folder / "bank-policy.toml")
-    config = RunConfig(**{**config.__dict__, "output_dir": str(folder),
-                          "test_fraction": policy.test_fraction})
-    return Context(run_id=flower_run_id, node_id=1, node_config=node_config,
-                   state=RecordDict(), run_config=config.to_run_config())
+    return write_bank_files(tmp_path, BankPolicy(**{
+        **BankPolicy.deployment_default().__dict__, "secure_aggregation_required": False}))
 
 
 def propose(context: Context) -> Message:
-    content = compat.getparametersins_to_recorddict(GetParametersIns({}))
-    return app(Message(content=content, dst_node_id=1,
-                       message_type=MessageTypeLegacy.GET_PARAMETERS, group_id="0"), context)
+    return app(proposal_message(), context)
 
 
 def train(context: Context, server_round: int) -> Message:
-    config = RunConfig.from_run_config(dict(context.run_config))
-    weights = BankClient(bank_for_context(context), config, "-").get_parameters({})
-    content = compat.fitins_to_recorddict(
-        FitIns(ndarrays_to_parameters(weights), {"server-round": server_round}), True)
-    return app(Message(content=content, dst_node_id=1, message_type="train",
-                       group_id=str(server_round)), context)
+    return app(train_message(context, server_round), context)
 
 
 def run_epsilon(context: Context, run_id: str) -> float:
@@ -81,11 +50,11 @@ def test_a_run_resumed_after_a_crash_in_round_3_finishes_within_its_target(bank_
     # a resumed run is the same run at the bank: the same Flower run id (simulation may
     # reuse it), or a new one with the run-config key run-id naming the first (deployment)
     named = {"run_id": "11"} if run_id_key else {}
-    first = context_for(bank_files, RunConfig(**{**HONEST.__dict__, **named}), 11)
+    first = bank_context(bank_files, RunConfig(**{**HONEST.__dict__, **named}), 11)
     assert not propose(first).has_error()
     for server_round in (1, 2, 3):  # the coordinator dies after the bank charged round 3
         assert not train(first, server_round).has_error()
-    resumed = context_for(bank_files, RunConfig(**{**HONEST.__dict__, **named}),
+    resumed = bank_context(bank_files, RunConfig(**{**HONEST.__dict__, **named}),
                           12 if run_id_key else 11)
     assert not propose(resumed).has_error()
     for server_round in (3, 4):  # the checkpoint was of round 2: round 3 runs again
@@ -103,7 +72,7 @@ def test_a_finished_run_proposed_again_is_admitted_with_nothing_left_to_plan(ban
     # the coordinator died after the last round's checkpoint: the resume only writes outputs
     config = RunConfig(**{**HONEST.__dict__, "num_server_rounds": 2,
                           "personalization": "finetune"})
-    first = context_for(bank_files, config, 41)
+    first = bank_context(bank_files, config, 41)
     assert not propose(first).has_error()
     for server_round in (1, 2):
         assert not train(first, server_round).has_error()
@@ -111,20 +80,20 @@ def test_a_finished_run_proposed_again_is_admitted_with_nothing_left_to_plan(ban
                         RunConfig.from_run_config(dict(first.run_config)), "41")
     client.evaluate(client.get_parameters({}), {"server-round": 2, "personalize": True})
     spent = run_epsilon(first, "41")
-    reply = propose(context_for(bank_files, config, 41))  # a fresh context: admitted again
+    reply = propose(bank_context(bank_files, config, 41))  # a fresh context: admitted again
     assert not reply.has_error(), reply.error.reason
     assert run_epsilon(first, "41") == spent <= config.target_epsilon
 
 
 def test_re_proposing_and_repeating_rounds_never_spends_more_than_the_target(bank_files):
     # the same run id twice: a coordinator reusing Flower's run id (no run-id key)
-    honest = context_for(bank_files, HONEST, 21)
+    honest = bank_context(bank_files, HONEST, 21)
     assert not propose(honest).has_error()
     for server_round in range(1, 5):
         assert not train(honest, server_round).has_error()
     spent = run_epsilon(honest, "21")
     assert spent <= HONEST.target_epsilon
-    attack = context_for(bank_files, HONEST, 21)
+    attack = bank_context(bank_files, HONEST, 21)
     propose(attack)
     replies = [train(attack, server_round) for server_round in [1, 2, 3, 4, 4, 4, 4, 4, 4, 4]]
     refused = [r for r in replies if r.has_error()]
@@ -138,12 +107,12 @@ def test_re_proposing_and_repeating_rounds_never_spends_more_than_the_target(ban
 
 def test_a_known_run_id_with_another_config_is_refused(bank_files):
     modest = RunConfig(**{**HONEST.__dict__, "target_epsilon": 1.0})
-    first = context_for(bank_files, modest, 31)
+    first = bank_context(bank_files, modest, 31)
     assert not propose(first).has_error()
     for server_round in (1, 2):
         assert not train(first, server_round).has_error()
     # "resume" the same run with a budget 3 times larger (still within the bank's policy)
-    attack = context_for(bank_files, RunConfig(**{**modest.__dict__, "target_epsilon": 3.0}), 31)
+    attack = bank_context(bank_files, RunConfig(**{**modest.__dict__, "target_epsilon": 3.0}), 31)
     reply = propose(attack)
     assert reply.has_error() and reply.error.reason == "bank northeast: refused: run-config"
     for server_round in (3, 4):
@@ -152,5 +121,5 @@ def test_a_known_run_id_with_another_config_is_refused(bank_files):
     # and so is a resume naming it with the run-id key
     named = RunConfig(**{**modest.__dict__, "target_epsilon": 3.0, "run_id": "31",
                          "resume": True})
-    assert propose(context_for(bank_files, named, 32)).error.reason == (
+    assert propose(bank_context(bank_files, named, 32)).error.reason == (
         "bank northeast: refused: run-config")
