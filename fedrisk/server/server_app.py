@@ -175,10 +175,13 @@ def initial_parameters(grid: Grid, config: RunConfig, known_heads: dict[str, str
     replies = grid.send_and_receive([
         Message(content=content.copy(), dst_node_id=node, message_type=(
             MessageTypeLegacy.GET_PARAMETERS), group_id="0") for node in nodes])
-    accepted = [reply for reply in replies
-                if reply.has_content() and reply.content.array_records]
-    answers = sorted(reply.error.reason if reply.has_error() else "no initial model"
-                     for reply in replies if reply not in accepted)
+    accepted, answers = [], []
+    for reply in replies:
+        if reply.has_content() and reply.content.array_records:
+            accepted.append(reply)
+        else:
+            answers.append(reply.error.reason if reply.has_error() else "no initial model")
+    answers.sort()
     needed = MIN_SECAGG_BANKS if config.secure_aggregation else 1
     if len(accepted) >= needed:
         return compat.arrayrecord_to_parameters(
