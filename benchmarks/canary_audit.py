@@ -1,11 +1,12 @@
 """Power of the one-run canary audit: its white-box ε lower bound against the claimed ε.
 
 Each lending_club bank of the default run (five census-region banks, the bank's own
-training split), its mechanism exactly as the default run plans it (5 rounds × 2 local
-epochs, batch 256, clipping bound 1, σ planned for the target ε over the rounds and one
-personalization epoch, δ = 1e-5), replayed by :func:`fedrisk.audit.canary_run.white_box_audit`
-with the audit's default canaries, as ``fedrisk audit report`` runs it at each bank. The
-claim is the global model's ε (Opacus PRV over the replayed rounds), as the audit's.
+training split), its mechanism exactly as the default run plans it (the defaults' rounds,
+local epochs, batch size and clipping bound, σ planned for the target ε over the rounds
+and any personalization epochs, δ = 1e-5), replayed by
+:func:`fedrisk.audit.canary_run.white_box_audit` with the audit's default canaries, as
+``fedrisk audit report`` runs it at each bank. The claim is the global model's ε (Opacus
+PRV over the replayed rounds), as the audit's.
 
 - ε = 3: ``--repeats`` repetitions at each bank (fresh noise, sampling and canaries):
   min / median / max of the bound, and how often it exceeds the claim (never, for a
@@ -67,7 +68,8 @@ def shadow_for(n: int, epsilon: float | None, config: RunConfig, spec: ModelSpec
                          config.max_grad_norm)
         return ShadowRun(spec, config.seed, plan, None, rounds, config.target_delta)
     schedule = plan_schedule(n, batch, epochs, rounds, epsilon, config.target_delta,
-                             personalization_epochs=config.personalization_epochs)
+                             personalization_epochs=config.personalization_epochs
+                             if config.personalization != "none" else 0)
     phase = DPSchedule(schedule.sample_rate, schedule.steps_per_round,
                        schedule.noise_multiplier)
     plan = TrainPlan(epochs, batch, config.learning_rate, config.momentum, config.max_grad_norm)

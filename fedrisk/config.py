@@ -127,7 +127,7 @@ class RunConfig:
     seed: int = 0
     model: str = "mlp"
     hidden_units: str = "64"
-    num_server_rounds: int = 5
+    num_server_rounds: int = 20
     strategy: str = "fedavg"
     fedprox_mu: float = 0.01
     trimmed_fraction: float = 0.2
@@ -135,7 +135,7 @@ class RunConfig:
     server_learning_rate: float = 0.1
     fraction_train: float = 1.0
     min_banks: int = 2
-    local_epochs: int = 2
+    local_epochs: int = 1
     batch_size: int = 256
     learning_rate: float = 1.0
     learning_rate_no_dp: float = 0.3
@@ -151,7 +151,7 @@ class RunConfig:
     eval_logit_low: float = -4.0
     eval_logit_high: float = 2.0
     privacy_budget_scope: str = "run"
-    personalization: str = "finetune"
+    personalization: str = "none"
     personalization_epochs: int = 1
     personalization_learning_rate: float = 0.1
     pd_calibration: str = "platt"

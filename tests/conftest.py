@@ -44,13 +44,15 @@ def simulate(output_dir: Path, *args: str) -> dict:
 
 @pytest.fixture(scope="session")
 def dp_run(tmp_path_factory) -> tuple[Path, dict]:
-    """One 3-round DP simulation on lending_club with secure aggregation (the default),
-    run under the usual umask 022 (new files group- and world-readable unless fedrisk says
+    """One 3-round DP simulation on lending_club with secure aggregation (the default) and
+    per-bank fine-tuning (not the default: the tests of personalized models read it), run
+    under the usual umask 022 (new files group- and world-readable unless fedrisk says
     otherwise: test_private_files checks what it wrote)."""
     output = tmp_path_factory.mktemp("dp_run")
     previous = os.umask(0o022)
     try:
-        return output, simulate(output, "--rounds", "3", "--target-epsilon", "3")
+        return output, simulate(output, "--rounds", "3", "--target-epsilon", "3",
+                                "--personalization", "finetune")
     finally:
         os.umask(previous)
 

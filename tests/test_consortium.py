@@ -53,9 +53,10 @@ def rogue(consortium):
 
 @pytest.fixture(scope="module")
 def trained(consortium, rogue):
-    """A full DP run (3 banks, 2 rounds, SecAgg+) after the rogue node was refused."""
-    metrics = consortium_run(consortium, {"num-server-rounds": 2}, name="dp",
-                             timeout=RUN_TIMEOUT)
+    """A full DP run (3 banks, 2 rounds, SecAgg+, fine-tuning) after the rogue node was
+    refused."""
+    metrics = consortium_run(consortium, {"num-server-rounds": 2, "personalization": "finetune"},
+                             name="dp", timeout=RUN_TIMEOUT)
     return metrics
 
 

@@ -70,7 +70,8 @@ def test_release_noise_has_the_calibrated_scale_and_comes_from_the_os():
 
 
 def test_a_run_releases_exactly_its_plan_and_the_ledger_composes_it(bank_files):
-    config = RunConfig(num_server_rounds=2, eval_every=1, output_dir=str(bank_files))
+    config = RunConfig(num_server_rounds=2, eval_every=1, personalization="finetune",
+                       output_dir=str(bank_files))
     bank = bank_with(bank_files, config, BankPolicy.simulation_default())
     client = BankClient(bank, config, run_id=21)
     plan = plan_evaluation(bank, config)
@@ -116,7 +117,8 @@ def test_a_release_is_charged_before_it_is_drawn(bank_files, monkeypatch):
 
 def test_only_noisy_counts_and_their_epsilon_leave_under_dp(bank_files):
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 23, 1, 0
-    config = RunConfig(num_server_rounds=1, output_dir=str(bank_files))
+    config = RunConfig(num_server_rounds=1, personalization="finetune",
+                       output_dir=str(bank_files))
     policy = BankPolicy(**{**BankPolicy.simulation_default().__dict__, "size_disclosure": "dp"})
     policy.save(bank_files / "bank-policy.toml")
     node_config = {"bank-id": "northeast", "data-path": str(bank_files / "bank.csv"),

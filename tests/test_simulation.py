@@ -117,7 +117,7 @@ def test_a_bank_out_of_budget_drops_mid_round_and_the_run_goes_on(tmp_path):
         "steps": 500, "delta": 1e-5, "accountant": "rdp", "epsilon": 40.0,
         "epsilon_lifetime": 40.0, "max_grad_norm": 1.0})
     metrics = simulate(tmp_path / "run", "--rounds", "1", "--privacy-budget-scope", "dataset",
-                       "--run-config", f"bank-state-dir={state}")
+                       "--personalization", "finetune", "--run-config", f"bank-state-dir={state}")
     for round_record in metrics["rounds"]:
         assert round_record["banks_trained"] == 4
         assert "bank west: refused: privacy-budget" in round_record["failures"]

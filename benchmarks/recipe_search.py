@@ -1,0 +1,152 @@
+"""Search for the private training recipe, on selection data only.
+
+The defaults of ``[tool.flwr.app.config]`` (model, width, batch size, rounds, local
+epochs, learning rate, server optimizer, clipping, personalization) are chosen here, on
+two selection consortia, and never on a split a benchmark reports:
+
+- **credit_data**, each seed's Dirichlet banks cut to their *train* splits (the split
+  ``utility_privacy.py`` trains on), which the simulated banks split again into train and
+  validation: the held-out rows ``utility_privacy.py`` reports on are never seen here;
+- **synthetic**: rows drawn like credit_data by ``fedrisk data synthesize`` (a Gaussian
+  copula per class, fitted on the public table), split into 5 Dirichlet banks the size of
+  lending_club's regional banks.
+
+lending_club is not used at all: it is where ``utility_privacy.py`` checks the choice.
+Every candidate is a real ``fedrisk simulate`` (Flower, SecAgg+, DP-SGD at ε = 3 per
+bank, δ below 1/n) scored by the EXACT AUC of its global model on the validation rows.
+Stage 1 moves one lever at a time away from the current defaults; stage 2 combines the
+levers that helped. Writes benchmarks/results/recipe_search.json.
+
+    python benchmarks/recipe_search.py --stage 1 --seeds 0 1
+    python benchmarks/recipe_search.py --stage 2 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from fedrisk.data import embedded_banks, load_embedded, stratified_split, write_table
+from fedrisk.data.synthetic import synthesize_like
+from fedrisk.simulations.exact import exact_evaluation
+
+RESULTS = Path(__file__).parent / "results"
+ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+       "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+TARGET_EPSILON = 3.0
+SYNTHETIC_ROWS = 10_000
+
+# Stage 1: one lever at a time, each a set of run-config overrides of the defaults.
+STAGE_1: dict[str, dict[str, str]] = {
+    "defaults": {},
+    "personalization none": {"personalization": "none"},
+    "logistic": {"model": "logistic"},
+    "hidden 16": {"hidden-units": "16"},
+    "batch 64": {"batch-size": "64"},
+    "batch 1024": {"batch-size": "1024"},
+    "1 local epoch, 10 rounds": {"local-epochs": "1", "num-server-rounds": "10"},
+    "fedadam": {"strategy": "fedadam", "server-learning-rate": "0.05"},
+    "learning rate 0.3": {"learning-rate": "0.3"},
+    "clip 0.3, learning rate 3": {"max-grad-norm": "0.3", "learning-rate": "3.0"},
+}
+
+# Stage 2: the levers that helped in stage 1 (fewer local epochs and more rounds; the
+# whole budget on the federated rounds), combined, against the defaults, on 3 seeds.
+_FEWER_EPOCHS = {"local-epochs": "1", "num-server-rounds": "10"}
+STAGE_2: dict[str, dict[str, str]] = {
+    "defaults": {},
+    "personalization none": {"personalization": "none"},
+    "1 local epoch, 10 rounds": _FEWER_EPOCHS,
+    "1 local epoch, 10 rounds, personalization none": {**_FEWER_EPOCHS,
+                                                       "personalization": "none"},
+    "1 local epoch, 20 rounds, personalization none": {**_FEWER_EPOCHS,
+                                                       "num-server-rounds": "20",
+                                                       "personalization": "none"},
+    "1 local epoch, 10 rounds, personalization none, learning rate 0.5": {
+        **_FEWER_EPOCHS, "personalization": "none", "learning-rate": "0.5"},
+}
+
+
+def selection_data(dataset: str, seed: int, workdir: Path) -> tuple[Path, Path, dict]:
+    """A pooled selection table, its contract and how simulate splits it into banks."""
+    if dataset == "credit_data":
+        _, contract = load_embedded("credit_data")
+        parts = []
+        for bank_id, table in embedded_banks("credit_data", seed).items():
+            train, _ = stratified_split(table, contract, 0.2, seed)
+            parts.append(train.assign(bank=bank_id))
+        path = write_table(pd.concat(parts, ignore_index=True), workdir / "train.parquet")
+        contract_path = workdir / "contract.toml"
+        contract.save(contract_path)
+        return path, contract_path, {"split_by": "bank"}
+    synthetic = synthesize_like("credit_data", SYNTHETIC_ROWS, workdir, seed)
+    return synthetic.data_path, synthetic.contract_path, {"banks": 5}
+
+
+def validation_run(data: Path, contract: Path, split: dict, seed: int,
+                   overrides: dict[str, str]) -> dict:
+    """Exact validation figures of one real ``fedrisk simulate`` run (global, per bank)."""
+    with tempfile.TemporaryDirectory() as output:
+        args = ["simulate", "--data", str(data), "--contract", str(contract), "--seed", str(seed),
+                "--target-epsilon", str(TARGET_EPSILON), "--output-dir", output]
+        args += (["--split-by", split["split_by"]] if "split_by" in split
+                 else ["--banks", str(split["banks"])])
+        if overrides:
+            args += ["--run-config", " ".join(f"{k}={v}" for k, v in overrides.items())]
+        subprocess.run([sys.executable, "-m", "fedrisk.cli", *args], check=True, env=ENV,
+                       capture_output=True)
+        return exact_evaluation(Path(output))
+
+
+def search(candidates: dict[str, dict[str, str]], seeds: list[int]) -> dict:
+    """Validation AUC of every candidate on both selection consortia and every seed."""
+    results: dict[str, dict] = {name: {"overrides": o, "auc": {}} for name, o in candidates.items()}
+    with tempfile.TemporaryDirectory() as root:
+        for dataset in ("credit_data", "synthetic"):
+            for seed in seeds:
+                workdir = Path(root) / f"{dataset}-{seed}"
+                workdir.mkdir()
+                data, contract, split = selection_data(dataset, seed, workdir)
+                for name, overrides in candidates.items():
+                    run = validation_run(data, contract, split, seed, overrides)
+                    results[name]["auc"].setdefault(dataset, []).append(run["auc"])
+                    if run["personalized_auc"] is not None:
+                        results[name].setdefault("banks_personalized_above_global", []).append(
+                            sum(b["personalized_auc"] > b["auc"] for b in run["banks"].values()))
+                    print(f"{dataset} seed {seed} {name}: {run['auc']:.4f}", flush=True)
+    for entry in results.values():
+        entry["mean_auc"] = statistics.mean(a for aucs in entry["auc"].values() for a in aucs)
+    return results
+
+
+def main() -> None:
+    """Run a stage, print a table and merge the results into recipe_search.json."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    args = parser.parse_args()
+    candidates = STAGE_1 if args.stage == 1 else STAGE_2
+    results = search(candidates, args.seeds)
+    path = RESULTS / "recipe_search.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    saved[f"stage_{args.stage}"] = {"seeds": args.seeds, "target_epsilon": TARGET_EPSILON,
+                                    "candidates": results}
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(saved, indent=2))
+    print("| candidate | credit_data | synthetic | mean |")
+    print("|---|---|---|---|")
+    for name, entry in sorted(results.items(), key=lambda kv: -kv[1]["mean_auc"]):
+        cells = [f"{statistics.mean(entry['auc'][d]):.4f}" for d in ("credit_data", "synthetic")]
+        print(f"| {name} | {' | '.join(cells)} | {entry['mean_auc']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
