@@ -654,8 +654,10 @@ def _print_summary(metrics: dict, output_dir: Path, show_banks: bool = False) ->
                "local LR": "local_only_nonprivate_auc", "global": "auc",
                "personalized": "personalized_auc"}
     for header, key in list(columns.items()):
-        if key.startswith("local_only") and all(b.get(key) is None for b in banks):
-            del columns[header]  # only with --baselines
+        # local-only columns only with --baselines, personalized only with fine-tuning
+        optional = key.startswith("local_only") or key == "personalized_auc"
+        if optional and all(b.get(key) is None for b in banks):
+            del columns[header]
     caption = "AUC of each model on the bank's own held-out split"
     if dp:
         columns |= {"ε": "epsilon", "ε eval": "epsilon_eval", "σ": "noise_multiplier",

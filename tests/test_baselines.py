@@ -120,3 +120,21 @@ def test_the_summary_shows_local_non_private_beside_local_dp_and_the_references(
     for key in CENTRALIZED:
         assert f"{refs[key]:.3f}" in text
     assert "beats a bank's own non-private logistic at 1 of 5 banks" in text
+
+
+def test_the_personalized_column_appears_only_when_banks_fine_tuned(baselines):
+    def header(personalized: float | None) -> str:
+        metrics = {**baselines, "privacy": "DP-SGD (record-level)",
+                   "final": {"auc": 0.77, "brier": 0.05},
+                   "banks": [{**b, "n_train": 1000, "n_test": 250, "auc": 0.7,
+                              "personalized_auc": personalized} for b in baselines["banks"]]}
+        console = Console(record=True, width=200)
+        original, cli.console = cli.console, console
+        try:
+            cli._print_summary(metrics, cli.Path("runs/x"))
+        finally:
+            cli.console = original
+        return next(line for line in console.export_text().splitlines() if "global" in line)
+
+    assert "personalized" not in header(None)  # the default: no fine-tuning
+    assert "personalized" in header(0.72)
