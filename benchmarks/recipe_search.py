@@ -15,7 +15,7 @@ lending_club is not used at all: it is where ``utility_privacy.py`` checks the c
 Every candidate is a real ``fedrisk simulate`` (Flower, SecAgg+, DP-SGD at ε = 3 per
 bank, δ below 1/n) scored by the EXACT AUC of its global model on the validation rows.
 Stage 1 moves one lever at a time away from the current defaults; stage 2 combines the
-levers that helped. Writes benchmarks/results/recipe_search.json.
+levers that helped. Writes benchmarks/results/recipe_search.{json,png}.
 
     python benchmarks/recipe_search.py --stage 1 --seeds 0 1
     python benchmarks/recipe_search.py --stage 2 --seeds 0 1 2
@@ -32,11 +32,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import matplotlib
 import pandas as pd
 
-from fedrisk.data import embedded_banks, load_embedded, stratified_split, write_table
-from fedrisk.data.synthetic import synthesize_like
-from fedrisk.simulations.exact import exact_evaluation
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedrisk.data import embedded_banks, load_embedded, stratified_split, write_table  # noqa: E402
+from fedrisk.data.synthetic import synthesize_like  # noqa: E402
+from fedrisk.simulations.exact import exact_evaluation  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -127,6 +131,25 @@ def search(candidates: dict[str, dict[str, str]], seeds: list[int]) -> dict:
     return results
 
 
+def plot(saved: dict, path: Path) -> None:
+    """Mean validation AUC of every candidate of every stage, per selection consortium."""
+    stages = sorted(saved)
+    figure, axes = plt.subplots(1, len(stages), figsize=(7 * len(stages), 4.2), squeeze=False)
+    for axis, stage in zip(axes[0], stages, strict=True):
+        candidates = sorted(saved[stage]["candidates"].items(), key=lambda kv: kv[1]["mean_auc"])
+        names = [name for name, _ in candidates]
+        for offset, dataset in ((-0.2, "credit_data"), (0.2, "synthetic")):
+            means = [statistics.mean(entry["auc"][dataset]) for _, entry in candidates]
+            axis.barh([i + offset for i in range(len(names))], means, height=0.4, label=dataset)
+        axis.set_yticks(range(len(names)), names, fontsize=7)
+        axis.set_xlim(0.7, 0.85)
+        axis.set_xlabel("validation AUC at ε = 3 (mean over seeds)")
+        axis.set_title(stage.replace("_", " "))
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     """Run a stage, print a table and merge the results into recipe_search.json."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -141,6 +164,7 @@ def main() -> None:
                                     "candidates": results}
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(saved, indent=2))
+    plot(saved, RESULTS / "recipe_search.png")
     print("| candidate | credit_data | synthetic | mean |")
     print("|---|---|---|---|")
     for name, entry in sorted(results.items(), key=lambda kv: -kv[1]["mean_auc"]):

@@ -242,6 +242,7 @@ def plot(results: dict, path: Path) -> None:
             axis.axhline(rows[key]["mean"], color="gray" if style == "-" else "black",
                          linestyle=style, label=label)
         axis.set_xscale("log")
+        axis.minorticks_off()
         axis.set_xticks(EPSILONS, [f"{e:g}" for e in EPSILONS])
         axis.set_xlabel("ε per bank")
         axis.set_ylabel("consortium AUC (exact)")
