@@ -42,6 +42,19 @@ def simulate(output_dir: Path, *args: str) -> dict:
     return json.loads((output_dir / "metrics.json").read_text())
 
 
+def printed_summary(monkeypatch, metrics: dict, show_banks: bool = False,
+                    width: int = 200) -> str:
+    """What `fedrisk simulate` prints after a run (the per-bank table and lines), as text."""
+    from rich.console import Console
+
+    from fedrisk import cli
+
+    console = Console(record=True, width=width)
+    monkeypatch.setattr(cli, "console", console)
+    cli._print_summary(metrics, Path("runs/x"), show_banks)
+    return console.export_text()
+
+
 @pytest.fixture(scope="session")
 def dp_run(tmp_path_factory) -> tuple[Path, dict]:
     """One 3-round DP simulation on lending_club with secure aggregation (the default) and

@@ -6,9 +6,8 @@ split, the contract encoding, the same functions `fedrisk simulate --baselines` 
 
 import numpy as np
 import pytest
-from rich.console import Console
+from conftest import printed_summary
 
-from fedrisk import cli
 from fedrisk.config import RunConfig
 from fedrisk.data import embedded_banks, load_embedded
 from fedrisk.privacy.policy import BankPolicy
@@ -97,20 +96,15 @@ def test_a_bank_with_a_single_default_gets_nan_not_a_crash(lending_club):
     assert np.isnan(local_only_nonprivate_auc((x_train, y_one, x_test, y_test, grades), seed=0))
 
 
-def test_the_summary_shows_local_non_private_beside_local_dp_and_the_references(baselines):
+def test_the_summary_shows_local_non_private_beside_local_dp_and_the_references(baselines,
+                                                                               monkeypatch):
     metrics = {**baselines, "privacy": "DP-SGD (record-level)",
                "final": {"auc": 0.77, "brier": 0.05}}
     alone = {b["id"]: b["local_only_nonprivate_auc"] for b in metrics["banks"]}
     metrics["banks"] = [{**b, "n_train": 1000, "n_test": 250,
                          "auc": alone[b["id"]] + (0.01 if b["id"] == "west" else -0.01)}
                         for b in metrics["banks"]]
-    console = Console(record=True, width=200)
-    original, cli.console = cli.console, console
-    try:
-        cli._print_summary(metrics, cli.Path("runs/x"))
-    finally:
-        cli.console = original
-    text = console.export_text()
+    text = printed_summary(monkeypatch, metrics)
     header = next(line for line in text.splitlines() if "local DP" in line)
     assert header.index("local DP") < header.index("local LR") < header.index("global")
     assert "LR: its non-private logistic regression" in " ".join(text.split())
@@ -122,19 +116,14 @@ def test_the_summary_shows_local_non_private_beside_local_dp_and_the_references(
     assert "beats a bank's own non-private logistic at 1 of 5 banks" in text
 
 
-def test_the_personalized_column_appears_only_when_banks_fine_tuned(baselines):
+def test_the_personalized_column_appears_only_when_banks_fine_tuned(baselines, monkeypatch):
     def header(personalized: float | None) -> str:
         metrics = {**baselines, "privacy": "DP-SGD (record-level)",
                    "final": {"auc": 0.77, "brier": 0.05},
                    "banks": [{**b, "n_train": 1000, "n_test": 250, "auc": 0.7,
                               "personalized_auc": personalized} for b in baselines["banks"]]}
-        console = Console(record=True, width=200)
-        original, cli.console = cli.console, console
-        try:
-            cli._print_summary(metrics, cli.Path("runs/x"))
-        finally:
-            cli.console = original
-        return next(line for line in console.export_text().splitlines() if "global" in line)
+        text = printed_summary(monkeypatch, metrics)
+        return next(line for line in text.splitlines() if "global" in line)
 
     assert "personalized" not in header(None)  # the default: no fine-tuning
     assert "personalized" in header(0.72)

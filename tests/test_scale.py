@@ -6,11 +6,10 @@ import re
 
 import numpy as np
 import pytest
-from conftest import run_cli, write_embedded
+from conftest import printed_summary, run_cli, write_embedded
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
-from rich.console import Console
 
 import fedrisk.cli as cli
 from fedrisk.client.bank import bank_for_context
@@ -144,16 +143,9 @@ def fake_metrics(banks: int) -> dict:
                       "personalized_auc": None}}
 
 
-def printed(monkeypatch, metrics: dict, show_banks: bool) -> str:
-    console = Console(record=True, width=140)
-    monkeypatch.setattr(cli, "console", console)
-    cli._print_summary(metrics, cli.Path("runs/x"), show_banks)
-    return console.export_text()
-
-
 def test_above_twenty_banks_the_table_is_a_summary_unless_asked(monkeypatch):
     metrics = fake_metrics(60)
-    text = printed(monkeypatch, metrics, show_banks=False)
+    text = printed_summary(monkeypatch, metrics, show_banks=False, width=140)
     worst = sorted(metrics["banks"], key=lambda b: b["auc"])[:cli.WORST_BANKS]
     rows = [line for line in text.splitlines() if re.match(r"\s+bank-\d+\s", line)]
     assert [line.split()[0] for line in rows] == [b["id"] for b in worst]
@@ -161,8 +153,8 @@ def test_above_twenty_banks_the_table_is_a_summary_unless_asked(monkeypatch):
         assert header in text
     aucs = sorted(b["auc"] for b in metrics["banks"])
     assert f"{np.median(aucs):.3f}" in text and f"{aucs[0]:.3f}" in text
-    full = printed(monkeypatch, metrics, show_banks=True)
+    full = printed_summary(monkeypatch, metrics, show_banks=True, width=140)
     rows = [line.split()[0] for line in full.splitlines() if re.match(r"\s+bank-\d+\s", line)]
     assert rows == [f"bank-{i}" for i in range(1, 61)]
-    few = printed(monkeypatch, fake_metrics(20), show_banks=False)
+    few = printed_summary(monkeypatch, fake_metrics(20), show_banks=False, width=140)
     assert "median" not in few and "bank-20 " in few
