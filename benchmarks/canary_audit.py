@@ -68,8 +68,7 @@ def shadow_for(n: int, epsilon: float | None, config: RunConfig, spec: ModelSpec
                          config.max_grad_norm)
         return ShadowRun(spec, config.seed, plan, None, rounds, config.target_delta)
     schedule = plan_schedule(n, batch, epochs, rounds, epsilon, config.target_delta,
-                             personalization_epochs=config.personalization_epochs
-                             if config.personalization != "none" else 0)
+                             personalization_epochs=config.fine_tuning_epochs)
     phase = DPSchedule(schedule.sample_rate, schedule.steps_per_round,
                        schedule.noise_multiplier)
     plan = TrainPlan(epochs, batch, config.learning_rate, config.momentum, config.max_grad_norm)

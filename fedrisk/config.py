@@ -215,6 +215,15 @@ class RunConfig:
         return self.dp and self.dp_level in ("institution", "both")
 
     @property
+    def fine_tuning_epochs(self) -> int:
+        """Epochs of bank-local fine-tuning the run plans: 0 with ``personalization = "none"``.
+
+        Privacy meaning: each bank's noise is calibrated for its rounds plus these epochs,
+        all charged to the same budget.
+        """
+        return self.personalization_epochs if self.personalization != "none" else 0
+
+    @property
     def hidden_layers(self) -> tuple[int, ...]:
         """Hidden layer widths parsed from ``hidden-units`` (e.g. ``"64,32"``)."""
         return tuple(int(part) for part in self.hidden_units.split(",") if part.strip())

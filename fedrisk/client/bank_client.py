@@ -98,7 +98,7 @@ class BankClient(NumPyClient):
         model = build_model(self.spec, self.config.seed)
         set_model_arrays(model, parameters)
         personalize = (self._personalize if config.get("personalize")
-                       and self._personalization_epochs() > 0 else None)
+                       and self.config.fine_tuning_epochs > 0 else None)
         evaluation = HeldOutEvaluation(self.bank, self.config, self.run_id, self.spec)
         loss, n_test, metrics = evaluation.run(model, int(config.get("server-round", 0)),
                                                personalize)
@@ -229,7 +229,7 @@ class BankClient(NumPyClient):
         return plan_schedule(self.bank.n_train, cfg.batch_size, cfg.local_epochs,
                              cfg.num_server_rounds if rounds is None else rounds,
                              cfg.target_epsilon, cfg.target_delta, prior, self.accountants,
-                             personalization_epochs=self._personalization_epochs()
+                             personalization_epochs=cfg.fine_tuning_epochs
                              if personalize else 0)
 
     def _histories(self) -> tuple[History, History]:
@@ -270,9 +270,6 @@ class BankClient(NumPyClient):
         sigma = capped_noise(replanned.noise_multiplier, plan.noise_multiplier,
                              self.bank.policy.max_replanned_noise)
         return replace(replanned, noise_multiplier=sigma)
-
-    def _personalization_epochs(self) -> int:
-        return self.config.personalization_epochs if self.config.personalization != "none" else 0
 
     def _charge(self, server_round: int, phase: str = "train") -> tuple[DPSchedule, dict]:
         """Plan the phase's DP-SGD, refuse if over budget, and record the spend first.
