@@ -14,7 +14,9 @@ two selection consortia, and never on a split a benchmark reports:
 lending_club is not used at all: it is where ``utility_privacy.py`` checks the choice.
 Every candidate is a real ``fedrisk simulate`` (Flower, SecAgg+, DP-SGD at ε = 3 per
 bank, δ below 1/n) scored by the EXACT AUC of its global model on the validation rows.
-Stage 1 moves one lever at a time away from the current defaults; stage 2 combines the
+Stage 1 moves one lever at a time away from the recipe the search started from (the
+defaults before it, pinned in ``STARTING_RECIPE`` so the search reruns as it ran; its
+candidate "defaults" is that recipe); stage 2 combines the
 levers that helped. Writes benchmarks/results/recipe_search.{json,png}.
 
     python benchmarks/recipe_search.py --stage 1 --seeds 0 1
@@ -25,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -37,18 +36,19 @@ import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from utility_privacy import simulate  # noqa: E402  (this folder: run as a script)
 
 from fedrisk.data import embedded_banks, load_embedded, stratified_split, write_table  # noqa: E402
 from fedrisk.data.synthetic import synthesize_like  # noqa: E402
-from fedrisk.simulations.exact import exact_evaluation  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-       "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 TARGET_EPSILON = 3.0
 SYNTHETIC_ROWS = 10_000
 
-# Stage 1: one lever at a time, each a set of run-config overrides of the defaults.
+# The defaults before the search where they differ from today's (which it chose); every
+# candidate is a set of run-config overrides of this recipe.
+STARTING_RECIPE = {"num-server-rounds": "5", "local-epochs": "2", "personalization": "finetune"}
+# Stage 1: one lever at a time.
 STAGE_1: dict[str, dict[str, str]] = {
     "defaults": {},
     "personalization none": {"personalization": "none"},
@@ -79,8 +79,8 @@ STAGE_2: dict[str, dict[str, str]] = {
 }
 
 
-def selection_data(dataset: str, seed: int, workdir: Path) -> tuple[Path, Path, dict]:
-    """A pooled selection table, its contract and how simulate splits it into banks."""
+def selection_data(dataset: str, seed: int, workdir: Path) -> list[str]:
+    """``fedrisk simulate`` arguments selecting a selection consortium, written to workdir."""
     if dataset == "credit_data":
         _, contract = load_embedded("credit_data")
         parts = []
@@ -88,44 +88,36 @@ def selection_data(dataset: str, seed: int, workdir: Path) -> tuple[Path, Path, 
             train, _ = stratified_split(table, contract, 0.2, seed)
             parts.append(train.assign(bank=bank_id))
         path = write_table(pd.concat(parts, ignore_index=True), workdir / "train.parquet")
-        contract_path = workdir / "contract.toml"
-        contract.save(contract_path)
-        return path, contract_path, {"split_by": "bank"}
+        contract.save(workdir / "contract.toml")
+        return ["--data", str(path), "--contract", str(workdir / "contract.toml"),
+                "--split-by", "bank"]
     synthetic = synthesize_like("credit_data", SYNTHETIC_ROWS, workdir, seed)
-    return synthetic.data_path, synthetic.contract_path, {"banks": 5}
-
-
-def validation_run(data: Path, contract: Path, split: dict, seed: int,
-                   overrides: dict[str, str]) -> dict:
-    """Exact validation figures of one real ``fedrisk simulate`` run (global, per bank)."""
-    with tempfile.TemporaryDirectory() as output:
-        args = ["simulate", "--data", str(data), "--contract", str(contract), "--seed", str(seed),
-                "--target-epsilon", str(TARGET_EPSILON), "--output-dir", output]
-        args += (["--split-by", split["split_by"]] if "split_by" in split
-                 else ["--banks", str(split["banks"])])
-        if overrides:
-            args += ["--run-config", " ".join(f"{k}={v}" for k, v in overrides.items())]
-        subprocess.run([sys.executable, "-m", "fedrisk.cli", *args], check=True, env=ENV,
-                       capture_output=True)
-        return exact_evaluation(Path(output))
+    return ["--data", str(synthetic.data_path), "--contract", str(synthetic.contract_path),
+            "--banks", "5"]
 
 
 def search(candidates: dict[str, dict[str, str]], seeds: list[int]) -> dict:
-    """Validation AUC of every candidate on both selection consortia and every seed."""
+    """Validation AUC of every candidate on both selection consortia and every seed.
+
+    Each run is :func:`utility_privacy.simulate` (a real ``fedrisk simulate``, exact
+    AUCs recomputed offline); on selection data its held-out rows are validation rows.
+    """
     results: dict[str, dict] = {name: {"overrides": o, "auc": {}} for name, o in candidates.items()}
     with tempfile.TemporaryDirectory() as root:
         for dataset in ("credit_data", "synthetic"):
             for seed in seeds:
                 workdir = Path(root) / f"{dataset}-{seed}"
                 workdir.mkdir()
-                data, contract, split = selection_data(dataset, seed, workdir)
+                data_args = selection_data(dataset, seed, workdir)
                 for name, overrides in candidates.items():
-                    run = validation_run(data, contract, split, seed, overrides)
-                    results[name]["auc"].setdefault(dataset, []).append(run["auc"])
-                    if run["personalized_auc"] is not None:
+                    run = simulate(data_args, seed, TARGET_EPSILON, baselines=False,
+                                   overrides=STARTING_RECIPE | overrides)
+                    auc, banks = run["final"]["auc"], run["banks"]
+                    results[name]["auc"].setdefault(dataset, []).append(auc)
+                    if any(b["personalized_auc"] is not None for b in banks):
                         results[name].setdefault("banks_personalized_above_global", []).append(
-                            sum(b["personalized_auc"] > b["auc"] for b in run["banks"].values()))
-                    print(f"{dataset} seed {seed} {name}: {run['auc']:.4f}", flush=True)
+                            sum(b["personalized_auc"] > b["auc"] for b in banks))
+                    print(f"{dataset} seed {seed} {name}: {auc:.4f}", flush=True)
     for entry in results.values():
         entry["mean_auc"] = statistics.mean(a for aucs in entry["auc"].values() for a in aucs)
     return results
