@@ -31,7 +31,7 @@ def both_run(tmp_path_factory) -> tuple:
     output = folder / "run"
     metrics = simulate(output, "--data", str(table), "--contract", str(contract), "--banks",
                        str(BANKS), "--rounds", str(ROUNDS), "--dp-level", "both",
-                       "--personalization", "none")
+                       "--personalization", "none", "--local-epochs", "2")  # updates > C
     return output, metrics
 
 
