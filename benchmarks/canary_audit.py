@@ -65,13 +65,15 @@ def shadow_for(n: int, epsilon: float | None, config: RunConfig, spec: ModelSpec
     rounds, epochs, batch = config.num_server_rounds, config.local_epochs, config.batch_size
     if epsilon is None:
         plan = TrainPlan(epochs, batch, config.learning_rate_no_dp, config.momentum,
-                         config.max_grad_norm)
+                         config.max_grad_norm, config.max_steps_per_epoch)
         return ShadowRun(spec, config.seed, plan, None, rounds, config.target_delta)
     schedule = plan_schedule(n, batch, epochs, rounds, epsilon, config.target_delta,
-                             personalization_epochs=config.fine_tuning_epochs)
+                             personalization_epochs=config.fine_tuning_epochs,
+                             max_steps_per_epoch=config.max_steps_per_epoch)
     phase = DPSchedule(schedule.sample_rate, schedule.steps_per_round,
                        schedule.noise_multiplier)
-    plan = TrainPlan(epochs, batch, config.learning_rate, config.momentum, config.max_grad_norm)
+    plan = TrainPlan(epochs, batch, config.learning_rate, config.momentum, config.max_grad_norm,
+                     config.max_steps_per_epoch)
     return ShadowRun(spec, config.seed, plan, (phase,) * rounds, rounds, config.target_delta)
 
 

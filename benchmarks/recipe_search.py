@@ -1,26 +1,29 @@
 """Search for the private training recipe, on selection data only.
 
 The defaults of ``[tool.flwr.app.config]`` (model, width, batch size, rounds, local
-epochs, learning rate, server optimizer, clipping, personalization) are chosen here, on
-two selection consortia, and never on a split a benchmark reports:
+epochs, learning rate, server optimizer, clipping, personalization, DP steps per epoch)
+are chosen here, on selection consortia, and never on a split a benchmark reports:
 
 - **credit_data**, each seed's Dirichlet banks cut to their *train* splits (the split
   ``utility_privacy.py`` trains on), which the simulated banks split again into train and
   validation: the held-out rows ``utility_privacy.py`` reports on are never seen here;
 - **synthetic**: rows drawn like credit_data by ``fedrisk data synthesize`` (a Gaussian
   copula per class, fitted on the public table), split into 5 Dirichlet banks the size of
-  lending_club's regional banks.
+  lending_club's regional banks; **synthetic large** (stage 3): the same with 200,000
+  rows, banks twenty times larger, where DP-SGD takes many steps per epoch.
 
 lending_club is not used at all: it is where ``utility_privacy.py`` checks the choice.
 Every candidate is a real ``fedrisk simulate`` (Flower, SecAgg+, DP-SGD at ε = 3 per
 bank, δ below 1/n) scored by the EXACT AUC of its global model on the validation rows.
 Stage 1 moves one lever at a time away from the recipe the search started from (the
 defaults before it, pinned in ``STARTING_RECIPE`` so the search reruns as it ran; its
-candidate "defaults" is that recipe); stage 2 combines the
-levers that helped. Writes benchmarks/results/recipe_search.{json,png}.
+candidate "defaults" is that recipe); stage 2 combines the levers that helped; stage 3
+caps the DP steps per local epoch on stage 2's choice, on the small and the large
+synthetic banks. Writes benchmarks/results/recipe_search.{json,png}.
 
     python benchmarks/recipe_search.py --stage 1 --seeds 0 1
     python benchmarks/recipe_search.py --stage 2 --seeds 0 1 2
+    python benchmarks/recipe_search.py --stage 3 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -43,11 +46,14 @@ from fedrisk.data.synthetic import synthesize_like  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_EPSILON = 3.0
-SYNTHETIC_ROWS = 10_000
+# Synthetic selection consortia: 5 banks the size of lending_club's regional banks, and
+# 5 banks twenty times larger (stage 3: where the DP step cap binds).
+SYNTHETIC_ROWS = {"synthetic": 10_000, "synthetic large": 200_000}
 
 # The defaults before the search where they differ from today's (which it chose); every
 # candidate is a set of run-config overrides of this recipe.
-STARTING_RECIPE = {"num-server-rounds": "5", "local-epochs": "2", "personalization": "finetune"}
+STARTING_RECIPE = {"num-server-rounds": "5", "local-epochs": "2", "personalization": "finetune",
+                   "max-steps-per-epoch": "0"}
 # Stage 1: one lever at a time.
 STAGE_1: dict[str, dict[str, str]] = {
     "defaults": {},
@@ -78,6 +84,19 @@ STAGE_2: dict[str, dict[str, str]] = {
         **_FEWER_EPOCHS, "personalization": "none", "learning-rate": "0.5"},
 }
 
+# Stage 3, from stage 2's choice: cap the DP-SGD steps per local epoch, so that a large
+# bank samples larger batches (less noise per averaged gradient) instead of taking more
+# noisy steps. On banks of two sizes; no cap at or above ~7 binds on the small ones.
+_STAGE_2_CHOICE = {**_FEWER_EPOCHS, "num-server-rounds": "20", "personalization": "none"}
+STAGE_3: dict[str, dict[str, str]] = {
+    f"max {cap} steps per epoch" if cap else "no cap": {
+        **_STAGE_2_CHOICE, "max-steps-per-epoch": str(cap)}
+    for cap in (0, 32, 16, 8, 4)
+}
+STAGES = {1: STAGE_1, 2: STAGE_2, 3: STAGE_3}
+CONSORTIA = {1: ("credit_data", "synthetic"), 2: ("credit_data", "synthetic"),
+             3: ("synthetic", "synthetic large")}
+
 
 def selection_data(dataset: str, seed: int, workdir: Path) -> list[str]:
     """``fedrisk simulate`` arguments selecting a selection consortium, written to workdir."""
@@ -91,20 +110,21 @@ def selection_data(dataset: str, seed: int, workdir: Path) -> list[str]:
         contract.save(workdir / "contract.toml")
         return ["--data", str(path), "--contract", str(workdir / "contract.toml"),
                 "--split-by", "bank"]
-    synthetic = synthesize_like("credit_data", SYNTHETIC_ROWS, workdir, seed)
+    synthetic = synthesize_like("credit_data", SYNTHETIC_ROWS[dataset], workdir, seed)
     return ["--data", str(synthetic.data_path), "--contract", str(synthetic.contract_path),
             "--banks", "5"]
 
 
-def search(candidates: dict[str, dict[str, str]], seeds: list[int]) -> dict:
-    """Validation AUC of every candidate on both selection consortia and every seed.
+def search(candidates: dict[str, dict[str, str]], consortia: tuple[str, ...],
+           seeds: list[int]) -> dict:
+    """Validation AUC of every candidate on the selection consortia and every seed.
 
     Each run is :func:`utility_privacy.simulate` (a real ``fedrisk simulate``, exact
     AUCs recomputed offline); on selection data its held-out rows are validation rows.
     """
     results: dict[str, dict] = {name: {"overrides": o, "auc": {}} for name, o in candidates.items()}
     with tempfile.TemporaryDirectory() as root:
-        for dataset in ("credit_data", "synthetic"):
+        for dataset in consortia:
             for seed in seeds:
                 workdir = Path(root) / f"{dataset}-{seed}"
                 workdir.mkdir()
@@ -130,11 +150,11 @@ def plot(saved: dict, path: Path) -> None:
     for axis, stage in zip(axes[0], stages, strict=True):
         candidates = sorted(saved[stage]["candidates"].items(), key=lambda kv: kv[1]["mean_auc"])
         names = [name for name, _ in candidates]
-        for offset, dataset in ((-0.2, "credit_data"), (0.2, "synthetic")):
+        for offset, dataset in zip((-0.2, 0.2), candidates[0][1]["auc"], strict=True):
             means = [statistics.mean(entry["auc"][dataset]) for _, entry in candidates]
             axis.barh([i + offset for i in range(len(names))], means, height=0.4, label=dataset)
         axis.set_yticks(range(len(names)), names, fontsize=7)
-        axis.set_xlim(0.7, 0.85)
+        axis.set_xlim(0.65, 0.85)
         axis.set_xlabel("validation AUC at ε = 3 (mean over seeds)")
         axis.set_title(stage.replace("_", " "))
     axes[0][0].legend(fontsize=7)
@@ -146,10 +166,10 @@ def main() -> None:
     """Run a stage, print a table and merge the results into recipe_search.json."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--stage", type=int, choices=sorted(STAGES), default=1)
     args = parser.parse_args()
-    candidates = STAGE_1 if args.stage == 1 else STAGE_2
-    results = search(candidates, args.seeds)
+    consortia = CONSORTIA[args.stage]
+    results = search(STAGES[args.stage], consortia, args.seeds)
     path = RESULTS / "recipe_search.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     saved[f"stage_{args.stage}"] = {"seeds": args.seeds, "target_epsilon": TARGET_EPSILON,
@@ -157,10 +177,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(saved, indent=2))
     plot(saved, RESULTS / "recipe_search.png")
-    print("| candidate | credit_data | synthetic | mean |")
+    print(f"| candidate | {' | '.join(consortia)} | mean |")
     print("|---|---|---|---|")
     for name, entry in sorted(results.items(), key=lambda kv: -kv[1]["mean_auc"]):
-        cells = [f"{statistics.mean(entry['auc'][d]):.4f}" for d in ("credit_data", "synthetic")]
+        cells = [f"{statistics.mean(entry['auc'][d]):.4f}" for d in consortia]
         print(f"| {name} | {' | '.join(cells)} | {entry['mean_auc']:.4f} |")
 
 

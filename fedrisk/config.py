@@ -55,6 +55,12 @@ class RunConfig:
             (``privacy_budget_scope="run"``) or for its lifetime on this data
             (``"dataset"``). Noise is calibrated up front to meet it.
         max_grad_norm: per-record gradient clipping bound (L2), the DP sensitivity.
+        max_steps_per_epoch: DP-SGD steps per local epoch at most (0: no cap). A bank with
+            more than ``batch_size`` × this many train rows samples a larger expected batch
+            (rate 1/this) instead of taking more steps; its σ is calibrated for the steps
+            and rate it runs, so ε is unchanged while the noise on each averaged gradient,
+            σ·C over the expected batch, shrinks as the bank grows. Non-private training
+            ignores it.
         accountant: Opacus accountant used for calibration and reporting (a bank decides
             budgets with the largest ε over this and its own policy's accountants).
         eval_epsilon: each bank's ε for all evaluation statistics of this run (the noisy
@@ -144,6 +150,7 @@ class RunConfig:
     target_epsilon: float = 3.0
     target_delta: float = 1e-5
     max_grad_norm: float = 1.0
+    max_steps_per_epoch: int = 8
     accountant: str = "rdp"
     eval_epsilon: float = 1.0
     eval_every: int = 0
@@ -256,6 +263,8 @@ class RunConfig:
         _require(self.num_server_rounds >= 1, "num-server-rounds", "must be at least 1")
         _require(self.local_epochs >= 1, "local-epochs", "must be at least 1")
         _require(self.batch_size >= 1, "batch-size", "must be at least 1")
+        _require(self.max_steps_per_epoch >= 0, "max-steps-per-epoch",
+                 "must be 0 (no cap) or at least 1")
         _require(self.learning_rate > 0, "learning-rate", "must be positive")
         _require(self.learning_rate_no_dp > 0, "learning-rate-no-dp", "must be positive")
         _require(0 < self.test_fraction < 1, "test-fraction", "must be between 0 and 1")

@@ -1,16 +1,19 @@
 """Record-level DP accounting: composition over rounds, calibration, refusal."""
 
+import math
 import time
 
 import pytest
 from opacus.accountants import RDPAccountant
 
 from fedrisk.privacy.accounting import (
+    DPSchedule,
     PrivacyBudgetExceeded,
     _calibrate,
     check_budget,
     compose_epsilon,
     plan_schedule,
+    steps_per_epoch,
 )
 
 DELTA = 1e-5
@@ -83,3 +86,38 @@ def test_a_plan_is_computed_once_per_process_for_the_same_inputs():
     assert again == first and _calibrate.cache_info().misses == misses
     other = plan_schedule(2400, 64, 2, 5, 2.5, DELTA, personalization_epochs=1)
     assert _calibrate.cache_info().misses == misses + 1 and other != first
+
+
+def epoch_noise(schedule: DPSchedule, n_records: int) -> float:
+    """Std per coordinate of the noise one local epoch adds to the model (lr 1, C 1).
+
+    Each step adds σ·C over the expected batch q·n to the averaged gradient; an epoch's
+    1/q independent steps add up to sqrt(1/q) times that.
+    """
+    steps = 1 / schedule.sample_rate
+    return math.sqrt(steps) * schedule.noise_multiplier / (schedule.sample_rate * n_records)
+
+
+def test_a_step_cap_keeps_epsilon_and_makes_large_banks_less_noisy_not_more():
+    """Beyond batch × cap records a bank samples larger batches, not more steps.
+
+    Without the cap a larger bank takes proportionally more steps, each with somewhat
+    less noise: the noise an epoch adds to the model *grows* with the bank. With the cap
+    the steps and σ stay fixed and the batch grows: the noise falls as 1/n, at the same ε.
+    """
+    sizes = (4_000, 16_000, 64_000)
+    capped = [plan_schedule(n, 256, 1, 20, 3.0, DELTA, max_steps_per_epoch=8) for n in sizes]
+    uncapped = [plan_schedule(n, 256, 1, 20, 3.0, DELTA) for n in sizes]
+    for n, schedule in zip(sizes, capped, strict=True):
+        assert schedule.sample_rate == pytest.approx(1 / 8) and schedule.steps_per_round == 8
+        assert steps_per_epoch(n, 256, 8) == 8 < steps_per_epoch(n, 256)
+        history = [(schedule.noise_multiplier, schedule.sample_rate, 8)] * 20
+        assert 2.95 <= compose_epsilon(history, DELTA) <= 3.0
+    noise = [epoch_noise(s, n) for s, n in zip(capped, sizes, strict=True)]
+    fixed = [epoch_noise(s, n) for s, n in zip(uncapped, sizes, strict=True)]
+    assert fixed[2] > 1.3 * fixed[0]
+    assert noise[0] > 3.9 * noise[1] and noise[1] > 3.9 * noise[2]
+    assert noise[2] < fixed[2] / 40
+    # a bank below batch × cap records is unchanged by the cap
+    assert plan_schedule(1540, 256, 1, 20, 3.0, DELTA, max_steps_per_epoch=8) == plan_schedule(
+        1540, 256, 1, 20, 3.0, DELTA)

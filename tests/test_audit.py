@@ -250,6 +250,22 @@ def test_catches_an_accountant_reset_between_rounds(tmp_path):
     assert spec["ledger"]["ok"] and spec["ledger"]["head_found"]
 
 
+@pytest.mark.parametrize("ran_capped", [True, False])
+def test_the_accounting_checks_hold_a_bank_to_the_runs_step_cap(tmp_path, ran_capped):
+    # 4,000 rows at batch 64 under a cap of 4 steps per epoch: q = 1/4, 4 steps a round
+    n, config = 4000, {**CONFIG, "num-server-rounds": 3, "max-steps-per-epoch": 4,
+                       "target-epsilon": 3.0}
+    planned = plan_schedule(n, 64, 1, 3, 3.0, 1e-5, max_steps_per_epoch=4 if ran_capped else 0)
+    history = [(planned.noise_multiplier, planned.sample_rate, planned.steps_per_round)] * 3
+    head, epsilon = write_ledger(tmp_path, "bank-x", "ab" * 32, "7", history)
+    spec = bank_dp_spec(tmp_path, "bank-x", "ab" * 32, "7", n, config,
+                        {"epsilon": epsilon, "ledger_head": head})
+    failed = _failed(check_accounting(spec, config, n))
+    # a bank that ignored the cap ran 63 steps a round at q = 1/63: not the proposed run
+    assert failed == (set() if ran_capped else {"accounting_schedule",
+                                                "noise_multiplier_planned"})
+
+
 def test_pinned_keys_and_the_reported_head_gate_the_ledger(tmp_path):
     head, _ = write_ledger(tmp_path, "bank-x", "ab" * 32, "7", [(SIGMA, 0.25, 4)] * 2)
     args = (tmp_path, "bank-x", "ab" * 32, "7", 256, CONFIG, {"ledger_head": head})

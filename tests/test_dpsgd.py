@@ -166,6 +166,22 @@ def test_dp_training_records_exactly_the_steps_it_ran_and_cleans_up():
         dp_run(0, DPSchedule(0.5, per_epoch, 1.3))
 
 
+def test_a_large_bank_takes_at_most_the_capped_steps_on_larger_poisson_batches():
+    model, rows = bank_rows(n=3000)
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda _, args: sizes.append(len(args[0])))
+    capped = TrainingSettings(2, 64, 0.1, 0.9, 1.0, max_steps_per_epoch=4)
+    result = train_locally(model, rows.features.numpy(), rows.targets[:, 0].numpy(), capped,
+                           DPSchedule(1 / 4, 8, 1.3), 0)
+    assert result.steps == 8 and result.history == [(1.3, 0.25, 8)]
+    # Binomial(3000, 1/4) batches (mean 750, sd 24), not batches of 64
+    assert len(sizes) == 8 and all(750 - Z * 24 < s < 750 + Z * 24 for s in sizes)
+    # a schedule planned without the cap (q = 1/47) does not match the capped settings
+    with pytest.raises(ValueError, match="sample rate"):
+        train_locally(model, rows.features.numpy(), rows.targets[:, 0].numpy(), capped,
+                      DPSchedule(1 / steps_per_epoch(3000, 64), 47, 1.3), 0)
+
+
 def test_dp_randomness_is_secret_and_plain_training_reproducible():
     schedule = DPSchedule(1 / steps_per_epoch(300, 64), 10, 1.3)
     first, _, _ = dp_run(0, schedule)

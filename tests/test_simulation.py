@@ -11,6 +11,7 @@ from fedrisk.errors import UserError
 from fedrisk.models import load_model
 from fedrisk.models.calibration import fit_histogram_calibration, histogram_calibration_facts
 from fedrisk.models.histograms import eval_grid, histograms_from
+from fedrisk.privacy.accounting import steps_per_epoch
 from fedrisk.privacy.ledger import EgressLedger
 from fedrisk.privacy.verify import verify_path
 from fedrisk.simulations import SimulationRequest
@@ -107,7 +108,10 @@ def test_coordinator_never_holds_an_individual_update_under_secure_aggregation(d
         assert not bank_updates & set(round_record["received_update_sha256"])
 
 
-def test_a_bank_out_of_budget_drops_mid_round_and_the_run_goes_on(tmp_path):
+STEP_CAP = 4
+
+
+def test_a_bank_out_of_budget_drops_mid_round_and_the_others_train_as_proposed(tmp_path):
     state = tmp_path / "state"
     tables = embedded_banks("lending_club")
     _, contract = load_embedded("lending_club")
@@ -117,7 +121,8 @@ def test_a_bank_out_of_budget_drops_mid_round_and_the_run_goes_on(tmp_path):
         "steps": 500, "delta": 1e-5, "accountant": "rdp", "epsilon": 40.0,
         "epsilon_lifetime": 40.0, "max_grad_norm": 1.0})
     metrics = simulate(tmp_path / "run", "--rounds", "1", "--privacy-budget-scope", "dataset",
-                       "--personalization", "finetune", "--run-config", f"bank-state-dir={state}")
+                       "--personalization", "finetune", "--run-config",
+                       f"bank-state-dir={state} max-steps-per-epoch={STEP_CAP}")
     for round_record in metrics["rounds"]:
         assert round_record["banks_trained"] == 4
         assert "bank west: refused: privacy-budget" in round_record["failures"]
@@ -126,6 +131,15 @@ def test_a_bank_out_of_budget_drops_mid_round_and_the_run_goes_on(tmp_path):
     assert exact_evaluation(tmp_path / "run")["auc"] > 0.55
     refusals = [e.body["phase"] for e in ledger.entries() if e.kind == "refusal"]
     assert refusals == ["train", "personalize"]
+    # The others ran the proposed step cap (below their ⌈n / 256⌉ = 6-7 steps): 4 steps an
+    # epoch on Poisson batches at q = 1/4, in training and in fine-tuning.
+    for bank in (b for b in metrics["banks"] if b["id"] != "west"):
+        assert steps_per_epoch(bank["n_train"], 256) > STEP_CAP
+        (path,) = (state / bank["id"]).glob("ledgers/*.jsonl")
+        spends = [json.loads(line)["body"] for line in path.read_text().splitlines()
+                  if '"privacy_spend"' in line]
+        assert [(s["phase"], s["sample_rate"], s["steps"]) for s in spends] == [
+            ("train", 1 / STEP_CAP, STEP_CAP), ("personalize", 1 / STEP_CAP, STEP_CAP)]
 
 
 def test_bad_config_values_are_one_line_errors(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,11 @@ class RunFacts:
         c = self.config
         rate = c.get("learning-rate", 1.0) if self.record_level else c.get(
             "learning-rate-no-dp", c.get("learning-rate", 1.0))
+        # A run recorded before max-steps-per-epoch existed had no cap.
         return TrainPlan(int(c.get("local-epochs", 2)), int(c.get("batch-size", 256)),
                          float(rate), float(c.get("momentum", 0.9)),
-                         float(c.get("max-grad-norm", 1.0)))
+                         float(c.get("max-grad-norm", 1.0)),
+                         int(c.get("max-steps-per-epoch", 0)))
 
 
 @dataclass
@@ -217,15 +219,15 @@ def _reference_setup(run: RunFacts, dp_spec: dict[str, Any]) -> ReferenceSetup:
     config = run.config
     rounds = int(dp_spec.get("rounds_joined") or config.get("num-server-rounds", 5))
     sigma = dp_spec.get("noise_multiplier")
-    batch, epochs = int(config.get("batch-size", 256)), int(config.get("local-epochs", 2))
+    plan = run.plan()
 
     def schedule_for(n: int) -> DPSchedule | None:
         if not run.record_level or not isinstance(sigma, float | int):
             return None
-        per_epoch = steps_per_epoch(n, batch)
-        return DPSchedule(1 / per_epoch, epochs * per_epoch, float(sigma))
+        per_epoch = steps_per_epoch(n, plan.batch_size, plan.max_steps_per_epoch)
+        return DPSchedule(1 / per_epoch, plan.local_epochs * per_epoch, float(sigma))
 
-    return ReferenceSetup(run.spec, int(config.get("seed", 0)), run.plan(), rounds, schedule_for)
+    return ReferenceSetup(run.spec, int(config.get("seed", 0)), plan, rounds, schedule_for)
 
 
 def _membership(split: _Split, model: nn.Module, run: RunFacts, dp_spec: dict[str, Any],
@@ -286,8 +288,7 @@ def _shadow_run(run: RunFacts, dp_spec: dict[str, Any]) -> ShadowRun | None:
     clip = dp_spec.get("max_grad_norm")
     plan = run.plan()
     if isinstance(clip, float | int):
-        plan = TrainPlan(plan.local_epochs, plan.batch_size, plan.learning_rate,
-                         plan.momentum, float(clip))
+        plan = replace(plan, max_grad_norm=float(clip))
     delta = float(dp_spec.get("delta") or config.get("target-delta", 1e-5))
     if not run.dp:
         return ShadowRun(run.spec, int(config.get("seed", 0)), plan, None,

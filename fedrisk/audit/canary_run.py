@@ -96,7 +96,7 @@ class ShadowRun:
         """
         if self.phases is None:
             return [(self.plan, None)] * self.rounds
-        per_epoch = steps_per_epoch(n_rows, self.plan.batch_size)
+        per_epoch = steps_per_epoch(n_rows, self.plan.batch_size, self.plan.max_steps_per_epoch)
         return [(replace(self.plan, local_epochs=max(round(p.steps_per_round * p.sample_rate), 1)),
                  DPSchedule(1 / per_epoch,
                             max(round(p.steps_per_round * p.sample_rate), 1) * per_epoch,

@@ -29,6 +29,8 @@ class TrainPlan:
         batch_size: expected batch size; the DP sample rate is ``1 / ceil(n / batch_size)``.
         learning_rate / momentum: SGD settings.
         max_grad_norm: the per-record clipping bound C, i.e. the DP sensitivity.
+        max_steps_per_epoch: DP steps per epoch at most (0: no cap), as the run config's
+            ``max-steps-per-epoch``: the sample rate is one over the capped steps.
 
     """
 
@@ -37,6 +39,7 @@ class TrainPlan:
     learning_rate: float
     momentum: float
     max_grad_norm: float
+    max_steps_per_epoch: int = 0
 
 
 TrainFn = Callable[..., History]
@@ -61,7 +64,8 @@ def bank_training_path() -> TrainFn:
               schedule: DPSchedule | None, seed: int, grades: np.ndarray | None = None,
               canaries: GradientCanaries | None = None) -> History:
         settings = TrainingSettings(plan.local_epochs, plan.batch_size, plan.learning_rate,
-                                    plan.momentum, plan.max_grad_norm)
+                                    plan.momentum, plan.max_grad_norm,
+                                    max_steps_per_epoch=plan.max_steps_per_epoch)
         result = train_locally(model, features, labels, settings, schedule, seed, grades,
                                canaries)
         return [(float(s), float(q), int(k)) for s, q, k in result.history]

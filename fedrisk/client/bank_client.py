@@ -136,8 +136,8 @@ class BankClient(NumPyClient):
         mu = self.config.fedprox_mu if self.config.strategy == "fedprox" else 0.0
         return TrainingSettings(self.config.local_epochs, self.config.batch_size,
                                 self.config.learning_rate_for(self.config.record_level_dp),
-                                self.config.momentum,
-                                self.config.max_grad_norm, mu)
+                                self.config.momentum, self.config.max_grad_norm, mu,
+                                self.config.max_steps_per_epoch)
 
     @property
     def accountants(self) -> tuple[str, ...]:
@@ -230,7 +230,8 @@ class BankClient(NumPyClient):
                              cfg.num_server_rounds if rounds is None else rounds,
                              cfg.target_epsilon, cfg.target_delta, prior, self.accountants,
                              personalization_epochs=cfg.fine_tuning_epochs
-                             if personalize else 0)
+                             if personalize else 0,
+                             max_steps_per_epoch=cfg.max_steps_per_epoch)
 
     def _histories(self) -> tuple[History, History]:
         """``(prior, spent)``: other runs' spends (scope ``dataset``) and this run's, per ledger."""

@@ -52,9 +52,15 @@ class DPSchedule:
     personalization_steps: int = 0
 
 
-def steps_per_epoch(n_records: int, batch_size: int) -> int:
-    """Steps of one Poisson-sampled epoch, as Opacus' ``DPDataLoader`` runs them."""
-    return max(1, math.ceil(n_records / batch_size))
+def steps_per_epoch(n_records: int, batch_size: int, max_steps_per_epoch: int = 0) -> int:
+    """Steps of one Poisson-sampled epoch, as Opacus' ``DPDataLoader`` runs them.
+
+    ``⌈n / batch_size⌉``, at most ``max_steps_per_epoch`` (0: no cap). The sample rate is
+    one over this, so a bank above ``batch_size × max_steps_per_epoch`` records samples
+    larger expected batches (``n / max_steps_per_epoch``) instead of taking more steps.
+    """
+    steps = max(1, math.ceil(n_records / batch_size))
+    return min(steps, max_steps_per_epoch) if max_steps_per_epoch > 0 else steps
 
 
 def compose_epsilon(history: Sequence[tuple[float, float, int]], delta: float,
@@ -207,9 +213,13 @@ def plan_schedule(
     prior_history: Sequence[tuple[float, float, int]] = (),
     accountant: Accountants = "rdp",
     personalization_epochs: int = 0,
+    max_steps_per_epoch: int = 0,
 ) -> DPSchedule:
-    """Plan a bank's DP-SGD for a run: all ``rounds`` plus personalization meet the target ε."""
-    per_epoch = steps_per_epoch(n_records, batch_size)
+    """Plan a bank's DP-SGD for a run: all ``rounds`` plus personalization meet the target ε.
+
+    Steps per epoch and the sample rate follow :func:`steps_per_epoch`.
+    """
+    per_epoch = steps_per_epoch(n_records, batch_size, max_steps_per_epoch)
     sample_rate = 1.0 / per_epoch
     steps_per_round = local_epochs * per_epoch
     personalization_steps = personalization_epochs * per_epoch

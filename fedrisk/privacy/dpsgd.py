@@ -53,6 +53,11 @@ class TrainingSettings:
         learning_rate / momentum: SGD settings.
         max_grad_norm: L2 bound each record's gradient is clipped to (DP sensitivity).
         proximal_mu: FedProx proximal term weight (0 = plain FedAvg local training).
+        max_steps_per_epoch: DP-SGD takes at most this many steps per epoch (0: no cap):
+            beyond ``batch_size × max_steps_per_epoch`` records the expected batch grows
+            instead, so the noise on each averaged gradient (σ·C over the expected batch)
+            shrinks as the bank grows. The sample rate is planned with the same cap.
+            Non-private training ignores it.
 
     """
 
@@ -62,6 +67,7 @@ class TrainingSettings:
     momentum: float = 0.9
     max_grad_norm: float = 1.0
     proximal_mu: float = 0.0
+    max_steps_per_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,11 +149,12 @@ def train_locally(
     jointly; each record's *combined* gradient is clipped, so the DP guarantee covers
     both heads at once.
 
-    With a ``schedule``, trains with DP-SGD: ``local_epochs × ⌈n / batch_size⌉`` steps,
-    each on a Poisson sample at rate ``schedule.sample_rate`` (which must be
-    ``1 / ⌈n / batch_size⌉``, as planned), each record's gradient clipped to
-    ``settings.max_grad_norm``, Gaussian noise of std ``schedule.noise_multiplier ×
-    max_grad_norm``; the result carries the accountant history of exactly these steps.
+    With a ``schedule``, trains with DP-SGD: ``local_epochs × ⌈n / batch_size⌉`` steps
+    (at most ``max_steps_per_epoch`` per epoch), each on a Poisson sample at rate
+    ``schedule.sample_rate`` (which must be one over the steps per epoch, as planned),
+    each record's gradient clipped to ``settings.max_grad_norm``, Gaussian noise of std
+    ``schedule.noise_multiplier × max_grad_norm``; the result carries the accountant
+    history of exactly these steps.
     Without a schedule, trains without privacy (shuffled mini-batches, the batch
     gradient clipped for stability), for labelled non-private baselines only.
 
@@ -226,7 +233,8 @@ def _train_private(model: nn.Module, rows: TrainingRows, optimizer: torch.optim.
                    settings: TrainingSettings, anchor: list[torch.Tensor],
                    schedule: DPSchedule, canaries: GradientCanaries | None = None
                    ) -> TrainingResult:
-    n, per_epoch = len(rows), steps_per_epoch(len(rows), settings.batch_size)
+    n = len(rows)
+    per_epoch = steps_per_epoch(n, settings.batch_size, settings.max_steps_per_epoch)
     rate = schedule.sample_rate
     if not math.isclose(rate, 1 / per_epoch, rel_tol=1e-12):
         raise ValueError(f"schedule's sample rate {rate:g} is not 1/{per_epoch}, the rate of "

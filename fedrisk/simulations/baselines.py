@@ -49,7 +49,8 @@ GBDT_GRID = {"max_leaf_nodes": [8, 31], "min_samples_leaf": [20, 80]}
 
 def _settings(config: RunConfig, epochs: int, private: bool) -> TrainingSettings:
     return TrainingSettings(epochs, config.batch_size, config.learning_rate_for(private),
-                            config.momentum, config.max_grad_norm)
+                            config.momentum, config.max_grad_norm,
+                            max_steps_per_epoch=config.max_steps_per_epoch)
 
 
 def pooled(splits: dict[str, Split]) -> Split:
@@ -124,7 +125,8 @@ def local_only_auc(split: Split, spec: ModelSpec, config: RunConfig) -> float:
     if config.dp:
         schedule = plan_schedule(len(y_train), config.batch_size, epochs, 1,
                                  config.target_epsilon, config.target_delta,
-                                 accountant=config.accountant)
+                                 accountant=config.accountant,
+                                 max_steps_per_epoch=config.max_steps_per_epoch)
     model = build_model(spec, config.seed)
     train_locally(model, x_train, y_train, _settings(config, epochs, private=config.dp),
                   schedule, config.seed, grades=grades if spec.n_grades else None)
