@@ -157,7 +157,7 @@ def plot(saved: dict, path: Path) -> None:
         axis.set_xlim(0.65, 0.85)
         axis.set_xlabel("validation AUC at ε = 3 (mean over seeds)")
         axis.set_title(stage.replace("_", " "))
-    axes[0][0].legend(fontsize=7)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
