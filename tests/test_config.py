@@ -20,6 +20,7 @@ def test_pyproject_run_config_and_runconfig_defaults_agree():
     ("num-server-rounds", 0, "num-server-rounds"),
     ("model", "forest", "model"),
     ("batch-size", "many", "batch-size"),
+    ("max-steps-per-epoch", -1, "max-steps-per-epoch"),
     ("no-such-key", 1, "unknown run-config key"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(key, value, needle):
