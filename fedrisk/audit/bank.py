@@ -22,7 +22,7 @@ from fedrisk.config import RunConfig
 from fedrisk.data import Contract, stratified_split
 from fedrisk.models import ModelSpec, load_model
 from fedrisk.models.histograms import FINE_GRID, eval_grid
-from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch
+from fedrisk.privacy.accounting import DPSchedule
 from fedrisk.privacy.chain import TrustedKeys
 
 from .canary import check_accounting, check_training_path
@@ -72,14 +72,7 @@ class RunFacts:
 
     def plan(self) -> TrainPlan:
         """The run's local optimizer settings."""
-        c = self.config
-        rate = c.get("learning-rate", 1.0) if self.record_level else c.get(
-            "learning-rate-no-dp", c.get("learning-rate", 1.0))
-        # A run recorded before max-steps-per-epoch existed had no cap.
-        return TrainPlan(int(c.get("local-epochs", 2)), int(c.get("batch-size", 256)),
-                         float(rate), float(c.get("momentum", 0.9)),
-                         float(c.get("max-grad-norm", 1.0)),
-                         int(c.get("max-steps-per-epoch", 0)))
+        return TrainPlan.from_recorded_config(self.config, self.record_level)
 
 
 @dataclass
@@ -224,7 +217,7 @@ def _reference_setup(run: RunFacts, dp_spec: dict[str, Any]) -> ReferenceSetup:
     def schedule_for(n: int) -> DPSchedule | None:
         if not run.record_level or not isinstance(sigma, float | int):
             return None
-        per_epoch = steps_per_epoch(n, plan.batch_size, plan.max_steps_per_epoch)
+        per_epoch = plan.steps_per_epoch(n)
         return DPSchedule(1 / per_epoch, plan.local_epochs * per_epoch, float(sigma))
 
     return ReferenceSetup(run.spec, int(config.get("seed", 0)), plan, rounds, schedule_for)

@@ -243,14 +243,8 @@ def _reported_check(spec: dict[str, Any], phases: list[dict]) -> dict[str, Any]:
                           f"of the ledger's {len(phases)} spends {_fmt(expected)}")
 
 
-def _configured_steps_per_epoch(config: dict[str, Any], n_train: int) -> int:
-    """A bank's DP steps per epoch under a recorded run config (no cap before the key existed)."""
-    return steps_per_epoch(n_train, int(config.get("batch-size", 256)),
-                           int(config.get("max-steps-per-epoch", 0)))
-
-
 def _schedule_check(phases: list[dict], config: dict[str, Any], n_train: int) -> dict[str, Any]:
-    per_epoch = _configured_steps_per_epoch(config, n_train)
+    per_epoch = TrainPlan.from_recorded_config(config).steps_per_epoch(n_train)
     bad = []
     for phase in phases:
         epochs = int(config.get("local-epochs" if phase["phase"] == "train"
@@ -282,7 +276,7 @@ def _plan_check(spec: dict[str, Any], phases: list[dict], config: dict[str, Any]
                        tolerance=None, detail="dataset-scope budget: plan depends on prior runs")
     personalization = (int(config.get("personalization-epochs", 0))
                        if config.get("personalization", "none") != "none" else 0)
-    per_epoch = _configured_steps_per_epoch(config, n_train)
+    per_epoch = TrainPlan.from_recorded_config(config).steps_per_epoch(n_train)
     steps = (int(config["num-server-rounds"]) * int(config["local-epochs"]) + personalization
              ) * per_epoch
     target, delta = float(config["target-epsilon"]), float(config["target-delta"])

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from fedrisk.models import ModelSpec, build_model
-from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch
+from fedrisk.privacy.accounting import DPSchedule
 from fedrisk.privacy.dpsgd import GradientCanaries, secret_generator
 
 from .dp_spec import safe_epsilon
@@ -96,7 +96,7 @@ class ShadowRun:
         """
         if self.phases is None:
             return [(self.plan, None)] * self.rounds
-        per_epoch = steps_per_epoch(n_rows, self.plan.batch_size, self.plan.max_steps_per_epoch)
+        per_epoch = self.plan.steps_per_epoch(n_rows)
         return [(replace(self.plan, local_epochs=max(round(p.steps_per_round * p.sample_rate), 1)),
                  DPSchedule(1 / per_epoch,
                             max(round(p.steps_per_round * p.sample_rate), 1) * per_epoch,

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch import nn
 
-from fedrisk.privacy.accounting import DPSchedule
+from fedrisk.privacy.accounting import DPSchedule, steps_per_epoch
 
 History = list[tuple[float, float, int]]
 
@@ -40,6 +41,25 @@ class TrainPlan:
     momentum: float
     max_grad_norm: float
     max_steps_per_epoch: int = 0
+
+    @classmethod
+    def from_recorded_config(cls, config: dict[str, Any], record_level: bool = True
+                             ) -> TrainPlan:
+        """The plan of a run from its recorded run config (metrics.json ``config``).
+
+        ``record_level``: the banks trained with DP-SGD (its learning rate), else the
+        non-private one. A run recorded before ``max-steps-per-epoch`` existed had no cap.
+        """
+        rate = config.get("learning-rate", 1.0) if record_level else config.get(
+            "learning-rate-no-dp", config.get("learning-rate", 1.0))
+        return cls(int(config.get("local-epochs", 2)), int(config.get("batch-size", 256)),
+                   float(rate), float(config.get("momentum", 0.9)),
+                   float(config.get("max-grad-norm", 1.0)),
+                   int(config.get("max-steps-per-epoch", 0)))
+
+    def steps_per_epoch(self, n_records: int) -> int:
+        """DP steps of one epoch over ``n_records`` rows; the sample rate is one over it."""
+        return steps_per_epoch(n_records, self.batch_size, self.max_steps_per_epoch)
 
 
 TrainFn = Callable[..., History]
